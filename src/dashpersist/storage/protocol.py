@@ -1,0 +1,205 @@
+"""The storage seam: what every backend provides, and the plain values that cross it.
+
+Every write is a compare-and-swap on the document's version and stores the document and
+its history record in one atomic step. Values crossing the seam are frozen dataclasses
+holding plain JSON; pydantic models stop at the facade.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+
+from dashpersist._canonical import canonical_json, checksum_bytes
+from dashpersist.errors import ConfigurationError, ConflictError
+from dashpersist.types import ChangeType, JsonObject, JsonPatch
+
+__all__ = [
+    "ChangeNotifier",
+    "DocumentKey",
+    "PreparedWrite",
+    "Storage",
+    "StoredDocument",
+    "VersionRecord",
+    "prepare_write",
+]
+
+MAX_ID_LENGTH = 256
+"""Longest user or layout id any backend accepts (characters)."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class DocumentKey:
+    """Address of one document: whose it is and which of their layouts."""
+
+    user_id: str
+    layout_id: str = "default"
+
+    def __post_init__(self) -> None:
+        for name in ("user_id", "layout_id"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise ConfigurationError(f"{name} must be a str, not {type(value).__name__}")
+            if not value or len(value) > MAX_ID_LENGTH:
+                raise ConfigurationError(f"{name} must have 1 to {MAX_ID_LENGTH} characters")
+            if "\x00" in value or any(0xD800 <= ord(ch) <= 0xDFFF for ch in value):
+                raise ConfigurationError(f"{name} must not contain NUL or lone surrogates")
+
+    def __str__(self) -> str:
+        return f"document {self.layout_id!r} of user {self.user_id!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    """The current version of a document as the store holds it."""
+
+    key: DocumentKey
+    document: JsonObject
+    version: int
+    checksum: str
+    updated_at: datetime
+    schema_version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRecord:
+    """One entry in a document's history.
+
+    ``checksum`` is the SHA-256 of the canonical JSON of the document at this version and
+    ``parent_checksum`` that of the version before (``None`` for version 1): a hash chain.
+    ``patch`` is the RFC 6902 patch from the previous version to this one; ``snapshot``
+    is the whole document when this record is a keyframe (``None`` otherwise).
+    """
+
+    version: int
+    checksum: str
+    parent_checksum: str | None
+    created_at: datetime
+    change_type: ChangeType = "manual"
+    description: str | None = None
+    device_id: str | None = None
+    label: str | None = None
+    schema_version: int = 1
+    idempotency_key: str | None = None
+    patch: JsonPatch | None = None
+    snapshot: JsonObject | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedWrite:
+    """A write checked and encoded once, ready for a backend to store atomically."""
+
+    body: bytes
+    record: VersionRecord
+    encoded_patch: bytes | None = field(default=None)
+    encoded_snapshot: bytes | None = field(default=None)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def prepare_write(
+    key: DocumentKey,
+    document: JsonObject,
+    record: VersionRecord | None,
+    *,
+    expected_version: int | None,
+    current: tuple[int, str] | None,
+    clock: Callable[[], datetime] = _now,
+) -> PreparedWrite:
+    """Check a compare-and-swap write against the current state and encode it.
+
+    *current* is the ``(version, checksum)`` the store holds now, read inside the
+    backend's atomic section, or ``None`` when the document does not exist. Raises
+    `ConflictError` on a version mismatch, `ValidationError` for a document JSON can't
+    hold, and `ConfigurationError` for a record that does not continue the chain.
+    Without a *record*, a keyframe record of change type ``manual`` is made.
+    """
+    actual_version = None if current is None else current[0]
+    if expected_version != actual_version:
+        raise ConflictError(key, expected_version=expected_version, actual_version=actual_version)
+    if expected_version is not None and expected_version < 1:
+        raise ConfigurationError(f"expected_version must be >= 1 or None, not {expected_version}")
+    body = canonical_json(document)
+    digest = checksum_bytes(body)
+    new_version = (actual_version or 0) + 1
+    parent = None if current is None else current[1]
+    if record is None:
+        record = VersionRecord(
+            version=new_version,
+            checksum=digest,
+            parent_checksum=parent,
+            created_at=clock(),
+            snapshot=document,
+        )
+    elif (record.version, record.checksum, record.parent_checksum) != (new_version, digest, parent):
+        raise ConfigurationError(
+            f"history record for {key} does not continue the chain: got version "
+            f"{record.version}, expected {new_version} (or its checksums do not match)"
+        )
+    if record.patch is None and record.snapshot is None:
+        # Without either, the version could never be reconstructed.
+        record = replace(record, snapshot=document)
+    return PreparedWrite(
+        body=body,
+        record=record,
+        encoded_patch=None if record.patch is None else canonical_json(record.patch),  # type: ignore[arg-type]
+        encoded_snapshot=(
+            body if record.snapshot is document else
+            None if record.snapshot is None else canonical_json(record.snapshot)
+        ),
+    )
+
+
+class Storage(Protocol):
+    """Where documents and their history live; every write is a compare-and-swap on the version."""
+
+    def read(self, key: DocumentKey) -> StoredDocument | None:
+        """Return the current version of *key*, or ``None``."""
+        ...
+
+    def write(
+        self,
+        key: DocumentKey,
+        document: JsonObject,
+        record: VersionRecord | None = None,
+        *,
+        expected_version: int | None,
+    ) -> int:
+        """Store *document* and its history *record* in one atomic step, if *key* is still
+        at *expected_version*; return the new version.
+
+        ``None`` means "must not exist yet". On mismatch, raise `ConflictError` and change
+        nothing. Without a *record*, a keyframe record of change type ``manual`` is written.
+        """
+        ...
+
+    def delete(self, key: DocumentKey) -> None:
+        """Remove the document and its history; raise `NotFoundError` if it does not exist."""
+        ...
+
+    def layout_ids(self, user_id: str) -> list[str]:
+        """Return the layout ids *user_id* has, sorted."""
+        ...
+
+    def versions(
+        self, key: DocumentKey, *, before: int | None = None, limit: int = 20
+    ) -> list[VersionRecord]:
+        """Return up to *limit* history records of *key*, newest first, below *before*."""
+        ...
+
+    def close(self) -> None:
+        """Release connections, locks and files; idempotent."""
+        ...
+
+
+@runtime_checkable
+class ChangeNotifier(Protocol):
+    """A backend that tells other processes about writes (PostgreSQL LISTEN/NOTIFY)."""
+
+    def changes(self) -> Iterator[DocumentKey]:
+        """Yield the keys other processes write, as they write them; blocks between."""
+        ...
