@@ -68,8 +68,17 @@ class PostgresServer:
                 os.chown(path, user.pw_uid, user.pw_gid)
         self.root.chmod(0o755)
         self._run(
-            "initdb", "--no-sync", "-A", "trust", "-U", "postgres", "-E", "UTF8",
-            "--no-locale", "-D", str(self.data_dir),
+            "initdb",
+            "--no-sync",
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "-D",
+            str(self.data_dir),
         )
 
     def start(self) -> None:
@@ -78,8 +87,17 @@ class PostgresServer:
             "-c full_page_writes=off -c synchronous_commit=off -c max_connections=200"
         )
         self._run(
-            "pg_ctl", "-D", str(self.data_dir), "-l", str(self.root / "server.log"),
-            "-o", options, "-w", "-t", "30", "start",
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.root / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "30",
+            "start",
         )
 
     def stop(self, mode: str = "immediate") -> None:

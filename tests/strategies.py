@@ -17,7 +17,9 @@ json_scalars = (
 json_keys = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)
 json_values: st.SearchStrategy[JsonValue] = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(json_keys, children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(json_keys, children, max_size=5)
+    ),
     max_leaves=25,
 )
 json_objects: st.SearchStrategy[JsonObject] = st.dictionaries(json_keys, json_values, max_size=6)
@@ -36,8 +38,11 @@ def widgets(draw: st.DrawFn, widget_id: str) -> JsonObject:
         "y": draw(st.integers(0, 20)),
         "w": draw(st.integers(1, 4)),
         "h": draw(st.integers(1, 4)),
-        "settings": draw(st.dictionaries(st.sampled_from(["color", "metric", "limit", "api_key"]),
-                                         json_scalars, max_size=3)),
+        "settings": draw(
+            st.dictionaries(
+                st.sampled_from(["color", "metric", "limit", "api_key"]), json_scalars, max_size=3
+            )
+        ),
     }
 
 
@@ -48,6 +53,9 @@ def layouts(draw: st.DrawFn) -> JsonObject:
     return {
         "widgets": [draw(widgets(widget_id)) for widget_id in ids],
         "theme": draw(st.sampled_from(["light", "dark"])),
-        "filters": draw(st.dictionaries(st.sampled_from(["region", "year", "team"]),
-                                        st.text(max_size=5), max_size=3)),
+        "filters": draw(
+            st.dictionaries(
+                st.sampled_from(["region", "year", "team"]), st.text(max_size=5), max_size=3
+            )
+        ),
     }

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Literal, TypeAlias
 
+from typing_extensions import TypeAliasType
+
 __all__ = ["ChangeType", "JsonObject", "JsonPatch", "JsonValue", "SaveSource"]
 
-JsonValue: TypeAlias = dict[str, "JsonValue"] | list["JsonValue"] | str | int | float | bool | None
+# TypeAliasType (PEP 695's alias, backported) lets both mypy and pydantic follow the recursion.
+JsonValue = TypeAliasType(
+    "JsonValue", "dict[str, JsonValue] | list[JsonValue] | str | int | float | bool | None"
+)
 JsonObject: TypeAlias = dict[str, JsonValue]
 JsonPatch: TypeAlias = list[JsonObject]
 """An RFC 6902 patch: a list of operation objects."""

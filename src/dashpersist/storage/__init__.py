@@ -6,7 +6,7 @@ dashpersist never imports a database driver it does not need.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dashpersist.storage.memory import MemoryStorage
 from dashpersist.storage.protocol import (
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name == "SQLStorage":
         from dashpersist.storage.sql import SQLStorage
 

@@ -70,7 +70,11 @@ class MemoryStorage:
             entry = self._entries.get(key)
             current = None if entry is None else (entry.current.version, entry.current.checksum)
             prepared = prepare_write(
-                key, document, record, expected_version=expected_version, current=current,
+                key,
+                document,
+                record,
+                expected_version=expected_version,
+                current=current,
                 clock=self._clock,
             )
             stored_record = _copied_record(prepared.record)

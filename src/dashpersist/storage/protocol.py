@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from dashpersist._canonical import canonical_json, checksum_bytes
-from dashpersist.errors import ConfigurationError, ConflictError
+from dashpersist.errors import ConfigurationError, ConflictError, ValidationError, ValidationIssue
 from dashpersist.types import ChangeType, JsonObject, JsonPatch
 
 __all__ = [
@@ -30,22 +30,34 @@ MAX_ID_LENGTH = 256
 """Longest user or layout id any backend accepts (characters)."""
 
 
+def _id_problem(value: object) -> tuple[str, str] | None:
+    if not isinstance(value, str):
+        return "string_type", f"must be a str, not {type(value).__name__}"
+    if not value or len(value) > MAX_ID_LENGTH:
+        return "id_length", f"must have 1 to {MAX_ID_LENGTH} characters"
+    if any(ord(ch) < 0x20 or 0xD800 <= ord(ch) <= 0xDFFF for ch in value):
+        return "id_characters", "must not contain control characters or lone surrogates"
+    return None
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class DocumentKey:
-    """Address of one document: whose it is and which of their layouts."""
+    """Address of one document: whose it is and which of their layouts.
+
+    Ids are opaque strings of 1 to 256 characters without control characters or lone
+    surrogates; anything else raises `ValidationError`. Ids are case- and
+    Unicode-sensitive: ``"Alice"``, ``"alice"`` and a fullwidth ``"alice"`` are three users.
+    """
 
     user_id: str
     layout_id: str = "default"
 
     def __post_init__(self) -> None:
         for name in ("user_id", "layout_id"):
-            value = getattr(self, name)
-            if not isinstance(value, str):
-                raise ConfigurationError(f"{name} must be a str, not {type(value).__name__}")
-            if not value or len(value) > MAX_ID_LENGTH:
-                raise ConfigurationError(f"{name} must have 1 to {MAX_ID_LENGTH} characters")
-            if "\x00" in value or any(0xD800 <= ord(ch) <= 0xDFFF for ch in value):
-                raise ConfigurationError(f"{name} must not contain NUL or lone surrogates")
+            problem = _id_problem(getattr(self, name))
+            if problem is not None:
+                rule, message = problem
+                raise ValidationError([ValidationIssue(name, rule, f"{name} {message}")])
 
     def __str__(self) -> str:
         return f"document {self.layout_id!r} of user {self.user_id!r}"
@@ -148,8 +160,11 @@ def prepare_write(
         record=record,
         encoded_patch=None if record.patch is None else canonical_json(record.patch),  # type: ignore[arg-type]
         encoded_snapshot=(
-            body if record.snapshot is document else
-            None if record.snapshot is None else canonical_json(record.snapshot)
+            body
+            if record.snapshot is document
+            else None
+            if record.snapshot is None
+            else canonical_json(record.snapshot)
         ),
     )
 

@@ -1,0 +1,37 @@
+"""Bounded retries of transient storage errors (tenacity), and nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from dashpersist.config import PersistenceConfig
+from dashpersist.errors import StorageUnavailableError
+
+__all__ = ["call_with_retries"]
+
+T = TypeVar("T")
+
+
+def call_with_retries(
+    operation: Callable[[], T], config: PersistenceConfig, *, sleep: Callable[[float], None]
+) -> T:
+    """Run *operation*, retrying `StorageUnavailableError` with capped, jittered backoff.
+
+    tenacity's default is to retry forever without waiting; here attempts are capped
+    (``retry_attempts``) and each wait is drawn uniformly from
+    ``[0, min(retry_max_delay, retry_initial_delay * 2**n)]`` (full jitter), so many
+    clients of one failed server do not retry in step. Every other error is raised at once.
+    """
+    retrying = Retrying(
+        stop=stop_after_attempt(config.retry_attempts),
+        wait=wait_random_exponential(
+            multiplier=config.retry_initial_delay, max=config.retry_max_delay
+        ),
+        retry=retry_if_exception_type(StorageUnavailableError),
+        sleep=sleep,
+        reraise=True,
+    )
+    return retrying(operation)

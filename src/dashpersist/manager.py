@@ -1,0 +1,367 @@
+"""PersistenceManager: the facade host code talks to; it wires components that hold the rules."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Generic, Self, TypeVar, cast
+
+import platformdirs
+import pydantic
+from typing_extensions import TypeVar as TypeVarWithDefault
+
+from dashpersist._canonical import checksum
+from dashpersist._retry import call_with_retries
+from dashpersist.cache import ReadCache
+from dashpersist.config import PersistenceConfig
+from dashpersist.errors import (
+    ConflictError,
+    ManagerClosedError,
+    NotFoundError,
+    ValidationError,
+    ValidationIssue,
+)
+from dashpersist.models import Layout, SaveResult, VersionInfo
+from dashpersist.storage.protocol import DocumentKey, Storage, StoredDocument, VersionRecord
+from dashpersist.storage.urls import open_storage
+from dashpersist.types import ChangeType, JsonObject
+
+__all__ = ["PersistenceManager", "default_store_url"]
+
+DocT = TypeVarWithDefault("DocT", bound=pydantic.BaseModel, default=Layout)
+T = TypeVar("T")
+
+
+def default_store_url() -> str:
+    """Return the URL of the embedded default store.
+
+    A SQLite file ``dashpersist.db`` in the platform's user data folder (on Linux
+    ``$XDG_DATA_HOME/dashpersist``, by default ``~/.local/share/dashpersist``).
+    """
+    folder = Path(platformdirs.user_data_dir("dashpersist", appauthor=False))
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'dashpersist.db'}"
+
+
+class PersistenceManager(Generic[DocT]):
+    """Save, load and version one kind of document for many users, without losing a change.
+
+    *store* is a URL (see `open_storage`), a `Storage`, or ``None`` for the embedded
+    default store (`default_store_url`). Every method is thread-safe. Writes to one
+    document are serialized inside this process and compare-and-swapped against the
+    store, so several processes and machines can share one store.
+    """
+
+    def __init__(
+        self,
+        store: str | Storage | None = None,
+        *,
+        config: PersistenceConfig | None = None,
+        device_id: str | None = None,
+        schema: type[DocT] = Layout,  # type: ignore[assignment]
+        clock: Callable[[], datetime] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._owns_storage = store is None or isinstance(store, str)
+        self._storage: Storage = (
+            open_storage(store or default_store_url())
+            if store is None or isinstance(store, str)
+            else store
+        )
+        self._config = config or PersistenceConfig()
+        self._device_id = device_id
+        self._schema = schema
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._sleep = sleep
+        self._cache: ReadCache[StoredDocument] = ReadCache(
+            maxsize=self._config.cache_size, ttl=self._config.cache_ttl
+        )
+        self._bases: dict[DocumentKey, int] = {}
+        self._key_locks: dict[DocumentKey, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._closed = False
+
+    # -- configuration -------------------------------------------------------------------
+
+    @property
+    def config(self) -> PersistenceConfig:
+        """The settings in force."""
+        return self._config
+
+    @property
+    def storage(self) -> Storage:
+        """The backend this manager writes to."""
+        return self._storage
+
+    @property
+    def device_id(self) -> str | None:
+        """The device id recorded with every version this manager writes."""
+        return self._device_id
+
+    def update_config(self, **changes: object) -> PersistenceConfig:
+        """Change settings (names as in `PersistenceConfig`); return the new config.
+
+        Raises `ValidationError` for an unknown name or a bad value; nothing changes then.
+        """
+        try:
+            updated = PersistenceConfig.model_validate({**self._config.model_dump(), **changes})
+        except pydantic.ValidationError as exc:
+            raise _validation_error(exc) from exc
+        self._config = updated
+        return updated
+
+    # -- documents -----------------------------------------------------------------------
+
+    def save_layout(
+        self,
+        user_id: str,
+        layout: DocT | JsonObject,
+        *,
+        layout_id: str = "default",
+        immediate: bool = False,
+        description: str | None = None,
+        change_type: ChangeType = "manual",
+        label: str | None = None,
+    ) -> SaveResult:
+        """Validate *layout* and commit it as the next version of the user's document.
+
+        The write is a compare-and-swap from the version this manager last loaded or
+        saved for the document (its base). A save equal to the stored document writes
+        nothing and returns ``source="unchanged"``. Raises `ValidationError` (nothing
+        written), `ConflictError` when another writer moved the document on since the
+        base, and `StorageError` subclasses when the store fails after bounded retries.
+        ``immediate`` is accepted for forward compatibility: every save is written at once.
+        """
+        self._check_open()
+        key = _key(user_id, layout_id)
+        document = self._to_document(layout)
+        digest = checksum(document)
+        with self._lock_for(key):
+            current = self._read(key)
+            base = self._bases.get(key)
+            actual = None if current is None else current.version
+            if current is not None and current.checksum == digest:
+                self._bases[key] = current.version
+                return SaveResult(success=True, version=current.version, source="unchanged")
+            if base is not None and base != actual:
+                raise ConflictError(key, expected_version=base, actual_version=actual)
+            record = VersionRecord(
+                version=(actual or 0) + 1,
+                checksum=digest,
+                parent_checksum=None if current is None else current.checksum,
+                created_at=self._clock(),
+                change_type=change_type,
+                description=description,
+                device_id=self._device_id,
+                label=label,
+                snapshot=document,
+            )
+            version = self._write(key, document, record, expected_version=actual)
+            self._bases[key] = version
+            return SaveResult(success=True, version=version, source="storage")
+
+    def load_layout(self, user_id: str, *, layout_id: str = "default") -> DocT | None:
+        """Return the user's current document, or ``None`` if there is none.
+
+        The result is the caller's own copy. Loading makes its version this manager's
+        base for the next save of the document.
+        """
+        self._check_open()
+        key = _key(user_id, layout_id)
+        current = self._read(key)
+        if current is None:
+            return None
+        self._bases[key] = current.version
+        return self._schema.model_validate(current.document)
+
+    def list_layouts(self, user_id: str) -> list[str]:
+        """Return the ids of the user's documents, sorted."""
+        self._check_open()
+        _key(user_id, "default")
+        return self._retry(lambda: self._storage.layout_ids(user_id))
+
+    def delete_layout(self, user_id: str, *, layout_id: str = "default") -> None:
+        """Delete the user's document and its history; raise `NotFoundError` if absent."""
+        self._check_open()
+        key = _key(user_id, layout_id)
+        with self._lock_for(key):
+            try:
+                self._retry(lambda: self._storage.delete(key))
+            finally:
+                self._cache.invalidate(key)
+                self._bases.pop(key, None)
+
+    def clone_layout(
+        self,
+        user_id: str,
+        source_layout_id: str,
+        target_layout_id: str,
+        *,
+        description: str | None = None,
+    ) -> SaveResult:
+        """Copy the user's document *source_layout_id* to a new *target_layout_id*.
+
+        Raises `NotFoundError` if the source does not exist and `ConflictError` if the
+        target already does.
+        """
+        self._check_open()
+        source = self.load_layout(user_id, layout_id=source_layout_id)
+        if source is None:
+            raise NotFoundError(f"{_key(user_id, source_layout_id)} does not exist")
+        target = _key(user_id, target_layout_id)
+        with self._lock_for(target):
+            current = self._read(target)
+            if current is not None:
+                raise ConflictError(target, expected_version=None, actual_version=current.version)
+            self._bases.pop(target, None)
+        return self.save_layout(
+            user_id,
+            source,
+            layout_id=target_layout_id,
+            description=description or f"Cloned from {source_layout_id!r}",
+        )
+
+    # -- history -------------------------------------------------------------------------
+
+    def get_version_history(
+        self,
+        user_id: str,
+        *,
+        layout_id: str = "default",
+        limit: int = 20,
+        before: int | None = None,
+    ) -> list[VersionInfo]:
+        """Return up to *limit* versions of the document, newest first, below *before*."""
+        self._check_open()
+        key = _key(user_id, layout_id)
+        records = self._retry(lambda: self._storage.versions(key, before=before, limit=limit))
+        return [
+            VersionInfo(
+                version=r.version,
+                created_at=r.created_at,
+                change_type=r.change_type,
+                checksum=r.checksum,
+                description=r.description,
+                device_id=r.device_id,
+                label=r.label,
+            )
+            for r in records
+        ]
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def flush(self) -> list[SaveResult]:
+        """Write every pending save now and return their results (none are pending yet)."""
+        self._check_open()
+        return []
+
+    def close(self) -> None:
+        """Flush, then release the store if this manager opened it; idempotent."""
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        self._cache.clear()
+        if self._owns_storage:
+            self._storage.close()
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether `close` has been called."""
+        return self._closed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ManagerClosedError("this PersistenceManager is closed")
+
+    def _lock_for(self, key: DocumentKey) -> threading.Lock:
+        with self._locks_guard:
+            return self._key_locks.setdefault(key, threading.Lock())
+
+    def _retry(self, operation: Callable[[], T]) -> T:
+        return call_with_retries(operation, self._config, sleep=self._sleep)
+
+    def _read(self, key: DocumentKey) -> StoredDocument | None:
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        current = self._retry(lambda: self._storage.read(key))
+        if current is not None:
+            self._cache.put(key, current)
+        return current
+
+    def _write(
+        self,
+        key: DocumentKey,
+        document: JsonObject,
+        record: VersionRecord,
+        *,
+        expected_version: int | None,
+    ) -> int:
+        try:
+            version = self._retry(
+                lambda: self._storage.write(
+                    key, document, record, expected_version=expected_version
+                )
+            )
+        except BaseException:
+            # Whatever happened, the cached copy may now be stale.
+            self._cache.invalidate(key)
+            raise
+        self._cache.put(
+            key,
+            StoredDocument(
+                key=key,
+                document=document,
+                version=version,
+                checksum=record.checksum,
+                updated_at=record.created_at,
+                schema_version=record.schema_version,
+            ),
+        )
+        return version
+
+    def _to_document(self, layout: DocT | JsonObject) -> JsonObject:
+        try:
+            model = (
+                layout if isinstance(layout, self._schema) else self._schema.model_validate(layout)
+            )
+            # Re-validate a model instance too: it may have been mutated since it was built.
+            if model is layout:
+                model = self._schema.model_validate(model.model_dump(mode="python"))
+        except pydantic.ValidationError as exc:
+            raise _validation_error(exc) from exc
+        return cast(JsonObject, model.model_dump(mode="json"))
+
+
+def _key(user_id: str, layout_id: str) -> DocumentKey:
+    return DocumentKey(user_id, layout_id)
+
+
+def _validation_error(exc: pydantic.ValidationError) -> ValidationError:
+    issues = [
+        ValidationIssue(
+            path="$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]),
+            rule=error["type"],
+            message=error["msg"],
+        )
+        for error in exc.errors(include_input=False, include_url=False)
+    ]
+    return ValidationError(issues)
