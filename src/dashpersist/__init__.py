@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dashpersist.config import PersistenceConfig
 from dashpersist.errors import (
     ConfigurationError,
     ConflictError,
@@ -19,6 +20,8 @@ from dashpersist.errors import (
     StorageUnavailableError,
     ValidationError,
 )
+from dashpersist.manager import PersistenceManager, default_store_url
+from dashpersist.models import Layout, SaveResult, VersionInfo, Widget
 from dashpersist.storage import DocumentKey, MemoryStorage, Storage, StoredDocument, VersionRecord
 from dashpersist.storage.urls import open_storage
 
@@ -31,12 +34,16 @@ __all__ = [
     "DashPersistError",
     "DecryptionError",
     "DocumentKey",
+    "Layout",
     "ManagerClosedError",
     "MemoryStorage",
     "NotFoundError",
     "OutboxBlockedError",
     "PatchError",
     "PayloadTooLargeError",
+    "PersistenceConfig",
+    "PersistenceManager",
+    "SaveResult",
     "Storage",
     "StorageError",
     "StorageFullError",
@@ -44,7 +51,10 @@ __all__ = [
     "StorageUnavailableError",
     "StoredDocument",
     "ValidationError",
+    "VersionInfo",
     "VersionRecord",
+    "Widget",
     "__version__",
+    "default_store_url",
     "open_storage",
 ]
