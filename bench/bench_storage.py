@@ -1,0 +1,248 @@
+"""Save and load through each backend and the manager, as ratios to raw baselines of the same run.
+
+Baselines: stdlib sqlite3 (WAL, synchronous=NORMAL) doing the same upsert + history insert
+in one transaction with the body pre-serialized; raw psycopg doing the same on PostgreSQL;
+a raw atomic file write (temp + fsync + rename + directory fsync) of the same bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sqlite3
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._timing import format_table, layout_document, median_seconds  # noqa: E402
+from dashpersist import DocumentKey, Layout, PersistenceConfig, PersistenceManager  # noqa: E402
+from dashpersist.storage.jsonfile import JSONFileStorage  # noqa: E402
+from dashpersist.storage.sql import SQLStorage  # noqa: E402
+
+SIZES = (10, 50, 500)
+
+
+def _per_size(size: int) -> tuple[int, int]:
+    return (7, 30) if size < 500 else (5, 8)
+
+
+class RawSQLite:
+    """The floor: stdlib sqlite3 doing one document upsert and one history insert."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE doc (u TEXT, l TEXT, version INT, body TEXT, PRIMARY KEY (u, l))")
+        self.db.execute("CREATE TABLE hist (u TEXT, l TEXT, version INT, body TEXT, PRIMARY KEY (u, l, version))")
+        self.db.execute("INSERT INTO doc VALUES ('u', 'l', 0, '{}')")
+        self.version = 0
+
+    def save(self, body: str) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        cursor = self.db.execute(
+            "UPDATE doc SET body = ?, version = version + 1 WHERE u = 'u' AND l = 'l' AND version = ?",
+            (body, self.version),
+        )
+        assert cursor.rowcount == 1
+        self.version += 1
+        self.db.execute("INSERT INTO hist VALUES ('u', 'l', ?, ?)", (self.version, body))
+        self.db.execute("COMMIT")
+
+    def load(self) -> object:
+        row = self.db.execute("SELECT body FROM doc WHERE u = 'u' AND l = 'l'").fetchone()
+        return orjson.loads(row[0])
+
+
+def raw_atomic_write(folder: Path, body: bytes) -> None:
+    """The JSON folder's floor: write a temp file, fsync, rename, fsync the directory."""
+    final = folder / "doc.json"
+    temp = folder / "doc.json.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, body)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, final)
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _bodies(size: int) -> list[dict[str, Any]]:
+    return [layout_document(size, revision) for revision in range(64)]
+
+
+def bench_sqlite(root: Path, size: int) -> dict[str, object]:
+    documents = _bodies(size)
+    encoded = [orjson.dumps(d, option=orjson.OPT_SORT_KEYS).decode() for d in documents]
+    models = [Layout.model_validate(d) for d in documents]
+    raw = RawSQLite(root / f"raw-{size}.db")
+    storage = SQLStorage(f"sqlite:///{root / f'storage-{size}.db'}")
+    managed = PersistenceManager(f"sqlite:///{root / f'manager-{size}.db'}")
+    uncached = PersistenceManager(f"sqlite:///{root / f'manager-{size}.db'}",
+                                  config=PersistenceConfig(cache_size=0))
+    key = DocumentKey("u")
+    state = {"storage": 0}
+    raw_cycle, storage_cycle, model_cycle = (itertools.cycle(x) for x in (encoded, documents, models))
+
+    def storage_write() -> None:
+        state["storage"] = storage.write(key, next(storage_cycle),
+                                         expected_version=state["storage"] or None)
+
+    times = median_seconds(
+        {
+            "raw_save": lambda: raw.save(next(raw_cycle)),
+            "storage_write": storage_write,
+            "manager_save": lambda: managed.save_layout("u", next(model_cycle), immediate=True),
+        },
+        batches=_per_size(size)[0], per_batch=_per_size(size)[1],
+    )
+    load_times = median_seconds(
+        {
+            "raw_load": raw.load,
+            "cold_load": lambda: uncached.load_layout("u"),
+            "cached_load": lambda: managed.load_layout("u"),
+        },
+        batches=_per_size(size)[0], per_batch=_per_size(size)[1],
+    )
+    storage.close()
+    managed.close()
+    uncached.close()
+    return {
+        "backend": "sqlite",
+        "widgets": size,
+        "raw_save_us": times["raw_save"] * 1e6,
+        "storage_write_us": times["storage_write"] * 1e6,
+        "storage_write_ratio": times["storage_write"] / times["raw_save"],
+        "save_layout_us": times["manager_save"] * 1e6,
+        "save_layout_ratio": times["manager_save"] / times["raw_save"],
+        "cold_load_us": load_times["cold_load"] * 1e6,
+        "cached_load_us": load_times["cached_load"] * 1e6,
+        "cached_to_cold": load_times["cached_load"] / load_times["cold_load"],
+    }
+
+
+def bench_jsonfile(root: Path, size: int) -> dict[str, object]:
+    documents = _bodies(size)
+    encoded = [orjson.dumps(d, option=orjson.OPT_SORT_KEYS) for d in documents]
+    raw_folder = root / f"raw-json-{size}"
+    raw_folder.mkdir()
+    storage = JSONFileStorage(root / f"json-{size}")
+    managed = PersistenceManager(JSONFileStorage(root / f"json-manager-{size}"))
+    key = DocumentKey("u")
+    state = {"storage": 0}
+    raw_cycle, storage_cycle = itertools.cycle(encoded), itertools.cycle(documents)
+    model_cycle = itertools.cycle([Layout.model_validate(d) for d in documents])
+
+    def storage_write() -> None:
+        state["storage"] = storage.write(key, next(storage_cycle),
+                                         expected_version=state["storage"] or None)
+
+    batches, per_batch = _per_size(size)
+    times = median_seconds(
+        {
+            "raw_save": lambda: raw_atomic_write(raw_folder, next(raw_cycle)),
+            "storage_write": storage_write,
+            "manager_save": lambda: managed.save_layout("u", next(model_cycle), immediate=True),
+        },
+        batches=batches, per_batch=per_batch,
+    )
+    storage.close()
+    managed.close()
+    return {
+        "backend": "jsonfile",
+        "widgets": size,
+        "raw_save_us": times["raw_save"] * 1e6,
+        "storage_write_us": times["storage_write"] * 1e6,
+        "storage_write_ratio": times["storage_write"] / times["raw_save"],
+        "save_layout_us": times["manager_save"] * 1e6,
+        "save_layout_ratio": times["manager_save"] / times["raw_save"],
+    }
+
+
+def bench_postgres(size: int, server: Any) -> dict[str, object]:
+    import psycopg
+
+    documents = _bodies(size)
+    encoded = [orjson.dumps(d, option=orjson.OPT_SORT_KEYS).decode() for d in documents]
+    url = server.create_database()
+    raw = psycopg.connect(host=str(server.socket_dir), user="postgres",
+                          dbname=url.rsplit("/", 1)[1].split("?")[0])
+    raw.execute("CREATE TABLE doc (u TEXT, l TEXT, version INT, body JSONB, PRIMARY KEY (u, l))")
+    raw.execute("CREATE TABLE hist (u TEXT, l TEXT, version INT, body TEXT, PRIMARY KEY (u, l, version))")
+    raw.execute("INSERT INTO doc VALUES ('u', 'l', 0, '{}')")
+    raw.commit()
+    raw_state = {"version": 0}
+
+    def raw_save(body: str) -> None:
+        with raw.transaction():
+            cursor = raw.execute(
+                "UPDATE doc SET body = %s::jsonb, version = version + 1 "
+                "WHERE u = 'u' AND l = 'l' AND version = %s",
+                (body, raw_state["version"]),
+            )
+            assert cursor.rowcount == 1
+            raw_state["version"] += 1
+            raw.execute("INSERT INTO hist VALUES ('u', 'l', %s, %s)", (raw_state["version"], body))
+
+    raw.autocommit = True
+    storage = SQLStorage(url)
+    key = DocumentKey("u")
+    state = {"storage": 0}
+    raw_cycle, storage_cycle = itertools.cycle(encoded), itertools.cycle(documents)
+
+    def storage_write() -> None:
+        state["storage"] = storage.write(key, next(storage_cycle),
+                                         expected_version=state["storage"] or None)
+
+    batches, per_batch = _per_size(size)
+    times = median_seconds(
+        {"raw_save": lambda: raw_save(next(raw_cycle)), "storage_write": storage_write},
+        batches=batches, per_batch=per_batch,
+    )
+    storage.close()
+    raw.close()
+    return {
+        "backend": "postgres",
+        "widgets": size,
+        "raw_save_us": times["raw_save"] * 1e6,
+        "storage_write_us": times["storage_write"] * 1e6,
+        "storage_write_ratio": times["storage_write"] / times["raw_save"],
+    }
+
+
+def run() -> list[dict[str, object]]:
+    """Return one row per backend and layout size."""
+    from tests.postgres import start_server
+
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="dashpersist-bench-") as folder:
+        root = Path(folder)
+        for size in SIZES:
+            rows.append(bench_sqlite(root, size))
+            rows.append(bench_jsonfile(root, size))
+        server = start_server()
+        if isinstance(server, str):
+            print(f"PostgreSQL skipped: {server}")
+        else:
+            try:
+                rows += [bench_postgres(size, server) for size in SIZES]
+            finally:
+                server.destroy()
+    return rows
+
+
+COLUMNS = ["backend", "widgets", "raw_save_us", "storage_write_us", "storage_write_ratio",
+           "save_layout_us", "save_layout_ratio", "cold_load_us", "cached_load_us", "cached_to_cold"]
+
+if __name__ == "__main__":
+    print(format_table(run(), COLUMNS))
