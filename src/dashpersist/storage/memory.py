@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from dashpersist._canonical import copy_json
@@ -117,6 +117,29 @@ class MemoryStorage:
             selected = [r for r in reversed(history) if before is None or r.version < before]
             return [_copied_record(r) for r in selected[: max(limit, 0)]]
 
+    def compact(
+        self,
+        key: DocumentKey,
+        *,
+        remove: Collection[int],
+        snapshots: Mapping[int, JsonObject],
+    ) -> None:
+        """Store *snapshots* on history records and delete the records in *remove*."""
+        with self._lock:
+            self._check_open()
+            entry = self._entries.get(key)
+            if entry is None:
+                return
+            if entry.current.version in remove:
+                raise ConfigurationError(f"the newest version of {key} cannot be removed")
+            entry.history = [
+                replace(record, snapshot=copy_json(snapshots[record.version]))
+                if record.version in snapshots
+                else record
+                for record in entry.history
+                if record.version not in remove
+            ]
+
     def close(self) -> None:
         """Mark the store closed; its contents are dropped."""
         with self._lock:
@@ -129,8 +152,6 @@ class MemoryStorage:
 
 
 def _copied_record(record: VersionRecord) -> VersionRecord:
-    from dataclasses import replace
-
     return replace(
         record,
         patch=None if record.patch is None else [copy_json(op) for op in record.patch],

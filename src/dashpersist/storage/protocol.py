@@ -7,7 +7,7 @@ holding plain JSON; pydantic models stop at the facade.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
@@ -204,6 +204,22 @@ class Storage(Protocol):
         self, key: DocumentKey, *, before: int | None = None, limit: int = 20
     ) -> list[VersionRecord]:
         """Return up to *limit* history records of *key*, newest first, below *before*."""
+        ...
+
+    def compact(
+        self,
+        key: DocumentKey,
+        *,
+        remove: Collection[int],
+        snapshots: Mapping[int, JsonObject],
+    ) -> None:
+        """Apply retention to *key*'s history in one atomic step.
+
+        Store each of *snapshots* as the snapshot of the history record with that
+        version, then delete the records *remove* names. The current document is never
+        touched, and the newest record is never removed (`ConfigurationError`). Versions
+        that do not exist are ignored.
+        """
         ...
 
     def close(self) -> None:
