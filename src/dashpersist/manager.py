@@ -17,6 +17,7 @@ from typing_extensions import TypeVar as TypeVarWithDefault
 from dashpersist._canonical import checksum
 from dashpersist._retry import call_with_retries
 from dashpersist.cache import ReadCache
+from dashpersist.changes import LayoutDiff, describe_changes, summarize
 from dashpersist.config import PersistenceConfig
 from dashpersist.errors import (
     ConflictError,
@@ -25,10 +26,13 @@ from dashpersist.errors import (
     ValidationError,
     ValidationIssue,
 )
+from dashpersist.migrations import SchemaMigrator, Upcast, schema_version_of
 from dashpersist.models import Layout, SaveResult, VersionInfo
+from dashpersist.patch import make_patch
 from dashpersist.storage.protocol import DocumentKey, Storage, StoredDocument, VersionRecord
 from dashpersist.storage.urls import open_storage
 from dashpersist.types import ChangeType, JsonObject
+from dashpersist.versions import IntegrityReport, VersionService
 
 __all__ = ["PersistenceManager", "default_store_url"]
 
@@ -77,6 +81,10 @@ class PersistenceManager(Generic[DocT]):
         self._schema = schema
         self._clock = clock or (lambda: datetime.now(UTC))
         self._sleep = sleep
+        self._versions = VersionService(
+            self._storage, keyframe_interval=self._config.keyframe_interval, clock=self._clock
+        )
+        self._migrator = SchemaMigrator(schema_version_of(schema))
         self._cache: ReadCache[StoredDocument] = ReadCache(
             maxsize=self._config.cache_size, ttl=self._config.cache_ttl
         )
@@ -149,19 +157,17 @@ class PersistenceManager(Generic[DocT]):
                 return SaveResult(success=True, version=current.version, source="unchanged")
             if base is not None and base != actual:
                 raise ConflictError(key, expected_version=base, actual_version=actual)
-            record = VersionRecord(
-                version=(actual or 0) + 1,
-                checksum=digest,
-                parent_checksum=None if current is None else current.checksum,
-                created_at=self._clock(),
+            if description is None and change_type == "auto" and current is not None:
+                description = summarize(describe_changes(current.document, document))
+            version = self._commit(
+                key,
+                current,
+                document,
+                digest,
                 change_type=change_type,
                 description=description,
-                device_id=self._device_id,
                 label=label,
-                snapshot=document,
             )
-            version = self._write(key, document, record, expected_version=actual)
-            self._bases[key] = version
             return SaveResult(success=True, version=version, source="storage")
 
     def load_layout(self, user_id: str, *, layout_id: str = "default") -> DocT | None:
@@ -176,7 +182,7 @@ class PersistenceManager(Generic[DocT]):
         if current is None:
             return None
         self._bases[key] = current.version
-        return self._schema.model_validate(current.document)
+        return self._to_model(current.document, current.schema_version)
 
     def list_layouts(self, user_id: str) -> list[str]:
         """Return the ids of the user's documents, sorted."""
@@ -251,6 +257,84 @@ class PersistenceManager(Generic[DocT]):
             )
             for r in records
         ]
+
+    def get_version(self, user_id: str, version: int, *, layout_id: str = "default") -> DocT:
+        """Return the document as it was at *version*, upgraded to the current schema.
+
+        Raises `NotFoundError` when the document has no such version (or is another
+        user's) and `CorruptStoreError` when the rebuilt version fails its checksum.
+        """
+        self._check_open()
+        key = _key(user_id, layout_id)
+        document, record = self._retry(lambda: self._versions.get_document(key, version))
+        return self._to_model(document, record.schema_version)
+
+    def compare_versions(
+        self, user_id: str, version_a: int, version_b: int, *, layout_id: str = "default"
+    ) -> LayoutDiff:
+        """Return what changed from *version_a* to *version_b*: an RFC 6902 patch and the
+        changes a person would name (widgets added, moved, retitled; settings changed ...)."""
+        self._check_open()
+        key = _key(user_id, layout_id)
+        before = self._upgraded_version(key, version_a)
+        after = self._upgraded_version(key, version_b)
+        return LayoutDiff(
+            from_version=version_a,
+            to_version=version_b,
+            patch=make_patch(before, after),
+            changes=describe_changes(before, after),
+        )
+
+    def rollback_to_version(
+        self, user_id: str, version: int, *, layout_id: str = "default"
+    ) -> DocT:
+        """Make *version*'s content the newest version again and return it.
+
+        History is never rewritten: the rollback is a new version of change type
+        ``rollback`` ("Rollback to version N"). It is compare-and-swapped against the
+        version read here, so a rollback racing another writer raises `ConflictError`.
+        """
+        self._check_open()
+        key = _key(user_id, layout_id)
+        target = self._upgraded_version(key, version)
+        model = self._to_model(target, self._migrator.current_version)
+        document = self._to_document(model)
+        with self._lock_for(key):
+            self._cache.invalidate(key)
+            current = self._read(key)
+            self._commit(
+                key,
+                current,
+                document,
+                checksum(document),
+                change_type="rollback",
+                description=f"Rollback to version {version}",
+                label=None,
+            )
+        return model
+
+    def cleanup_old_versions(self, user_id: str, *, keep: int, layout_id: str = "default") -> int:
+        """Delete all but the newest *keep* versions (labelled ones stay); return how many."""
+        self._check_open()
+        if keep < 1:
+            raise ValidationError([ValidationIssue("keep", "greater_than_equal", "must be >= 1")])
+        key = _key(user_id, layout_id)
+        with self._lock_for(key):
+            return len(self._retry(lambda: self._versions.apply_retention(key, keep=keep)))
+
+    def verify(self, user_id: str, *, layout_id: str = "default") -> IntegrityReport:
+        """Recompute the checksums and the hash chain of the document and its history."""
+        self._check_open()
+        key = _key(user_id, layout_id)
+        return self._retry(lambda: self._versions.verify(key))
+
+    def register_migration(self, from_version: int, upcast: Upcast) -> None:
+        """Register how to upgrade a document of schema *from_version* to *from_version* + 1.
+
+        Every read (current document, old versions, rollbacks and diffs) then returns
+        documents upgraded to the schema version the document model declares.
+        """
+        self._migrator.register(from_version, upcast)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -337,6 +421,48 @@ class PersistenceManager(Generic[DocT]):
             ),
         )
         return version
+
+    def _commit(
+        self,
+        key: DocumentKey,
+        current: StoredDocument | None,
+        document: JsonObject,
+        digest: str,
+        *,
+        change_type: ChangeType,
+        description: str | None,
+        label: str | None,
+    ) -> int:
+        """Write *document* over *current* with its history record; apply retention."""
+        record = self._versions.record_for(
+            current,
+            document,
+            change_type=change_type,
+            description=description,
+            device_id=self._device_id,
+            label=label,
+            schema_version=self._migrator.current_version,
+            document_checksum=digest,
+        )
+        version = self._write(
+            key, document, record, expected_version=None if current is None else current.version
+        )
+        self._bases[key] = version
+        keep = self._config.max_versions if self._config.enable_versioning else 1
+        if version > keep:
+            self._retry(lambda: self._versions.apply_retention(key, keep=keep))
+        return version
+
+    def _upgraded_version(self, key: DocumentKey, version: int) -> JsonObject:
+        document, record = self._retry(lambda: self._versions.get_document(key, version))
+        return self._migrator.upgrade(document, record.schema_version)
+
+    def _to_model(self, document: JsonObject, schema_version: int) -> DocT:
+        upgraded = self._migrator.upgrade(document, schema_version)
+        try:
+            return self._schema.model_validate(upgraded)
+        except pydantic.ValidationError as exc:
+            raise _validation_error(exc) from exc
 
     def _to_document(self, layout: DocT | JsonObject) -> JsonObject:
         try:
