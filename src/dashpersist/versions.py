@@ -173,6 +173,16 @@ class VersionService:
                     )
                 )
             if previous is not None:
+                # Retention only leaves gaps above labelled versions it kept.
+                if record.version > previous.version + 1 and previous.label is None:
+                    problems.append(
+                        IntegrityProblem(
+                            key,
+                            record.version,
+                            "gap",
+                            f"versions {previous.version + 1} to {record.version - 1} are missing",
+                        )
+                    )
                 if record.version <= previous.version:
                     problems.append(
                         IntegrityProblem(key, record.version, "order", "history is out of order")
