@@ -165,7 +165,7 @@ hostile_values: st.SearchStrategy[object] = st.recursive(
     hostile_scalars,
     lambda children: (
         st.lists(children, max_size=5) | st.dictionaries(hostile_keys, children, max_size=5)
-    ),  # type: ignore[arg-type]
+    ),
     max_leaves=30,
 )
 
@@ -173,7 +173,8 @@ hostile_values: st.SearchStrategy[object] = st.recursive(
 @st.composite
 def hostile_layouts(draw: st.DrawFn) -> dict[object, object]:
     """Return a layout-shaped dict with hostile values mixed into valid structure."""
-    doc: dict[object, object] = dict(draw(layouts()))
+    doc: dict[object, object] = {}
+    doc.update(draw(layouts()))
     for _ in range(draw(st.integers(0, 3))):
         where = draw(st.sampled_from(["top", "widget", "settings"]))
         key = draw(hostile_keys)
@@ -209,5 +210,9 @@ def _without_controls(value: JsonValue) -> JsonValue:
     return value
 
 
-valid_layouts: st.SearchStrategy[JsonObject] = layouts().map(_without_controls)  # type: ignore[assignment]
+def _layout_without_controls(doc: JsonObject) -> JsonObject:
+    return cast(JsonObject, _without_controls(doc))
+
+
+valid_layouts: st.SearchStrategy[JsonObject] = layouts().map(_layout_without_controls)
 """Layouts the default `Validator` accepts: `layouts` without C0 control characters."""

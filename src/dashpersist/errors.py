@@ -160,7 +160,30 @@ class PatchError(DashPersistError):
 
 
 class DecryptionError(DashPersistError):
-    """A field could not be decrypted: missing or wrong key, tampering, or moved ciphertext."""
+    """A field could not be decrypted: missing or wrong key, tampering, or moved ciphertext.
+
+    When raised for a field, ``user_id``, ``layout_id`` and ``path`` say where, ``key_id``
+    which key the envelope names, and ``reason`` what went wrong: ``"missing_key"``,
+    ``"authentication_failed"``, ``"malformed"`` or ``"unsupported_version"``. Never key
+    material or plaintext.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        user_id: str | None = None,
+        layout_id: str | None = None,
+        path: str | None = None,
+        key_id: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.user_id = user_id
+        self.layout_id = layout_id
+        self.path = path
+        self.key_id = key_id
+        super().__init__(message)
 
 
 class NotFoundError(DashPersistError, LookupError):

@@ -1,0 +1,534 @@
+"""Validator: limits, hostile values (S17, S18), strings and Unicode (S19), widget types."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from collections.abc import Mapping
+from typing import Annotated, cast
+
+import orjson
+import pydantic
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from dashpersist.encryption import Encrypted
+from dashpersist.errors import PayloadTooLargeError, ValidationError
+from dashpersist.models import Layout
+from dashpersist.types import JsonObject, JsonValue
+from dashpersist.validation import Limits, Validator, validate
+
+CAP = Limits().max_document_bytes
+
+
+def layout_with(count: int) -> JsonObject:
+    return {
+        "widgets": [
+            {
+                "id": f"w{index}",
+                "type": "chart",
+                "title": f"Sales {index}",
+                "x": (index * 3) % 12,
+                "y": index,
+                "w": 3,
+                "h": 2,
+                "settings": {"color": "#ff0000", "limit": 10},
+            }
+            for index in range(count)
+        ],
+        "theme": "dark",
+        "columns": 12,
+    }
+
+
+def nested(depth: int, *, kind: str) -> JsonValue:
+    value: JsonValue = 1
+    for _ in range(depth):
+        value = [value] if kind == "array" else {"a": value}
+    return value
+
+
+def refusal(doc: object, validator: Validator[Layout] | None = None) -> ValidationError:
+    with pytest.raises(ValidationError) as caught:
+        (validator or Validator()).check(doc)  # type: ignore[arg-type]
+    return caught.value
+
+
+# -- valid documents ------------------------------------------------------------------
+
+
+def test_a_valid_layout_becomes_a_model_with_its_values() -> None:
+    doc = layout_with(3)
+
+    model = Validator().check(doc)
+
+    assert isinstance(model, Layout)
+    assert [widget.id for widget in model.widgets] == ["w0", "w1", "w2"]
+    assert model.model_dump(mode="json")["widgets"][1] == doc["widgets"][1]  # type: ignore[index]
+
+
+def test_json_text_and_bytes_validate_like_the_dict() -> None:
+    doc = layout_with(2)
+
+    from_text = Validator().check(orjson.dumps(doc).decode())
+    from_bytes = Validator().check(orjson.dumps(doc))
+
+    assert from_text == from_bytes == Validator().check(doc)
+
+
+def test_a_model_instance_is_checked_against_the_limits_too() -> None:
+    layout = Layout.model_validate(layout_with(1))
+    layout.widgets[0].settings["note"] = "x" * 10_001
+
+    error = refusal(layout)
+
+    assert error.issues[0].rule == "max_string_length"
+
+
+def test_validate_reports_instead_of_raising() -> None:
+    report = validate({"widgets": [{"id": "w1", "type": "chart", "x": -1}]})
+
+    assert not report.valid
+    assert report.errors[0].path == "widgets[0].x"
+    assert report.errors[0].rule == "greater_than_equal"
+
+
+def test_validate_accepts_a_valid_document_with_no_errors() -> None:
+    report = validate(layout_with(5))
+
+    assert report.valid
+    assert report.errors == ()
+
+
+# -- model rules ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("widget", "path", "rule"),
+    [
+        ({"id": "w1", "type": "chart", "w": 0}, "widgets[0].w", "greater_than_equal"),
+        ({"id": "w1", "type": "chart", "h": 0}, "widgets[0].h", "greater_than_equal"),
+        ({"id": "w1", "type": "chart", "y": -1}, "widgets[0].y", "greater_than_equal"),
+        ({"id": "w1", "type": "chart", "x": 10, "w": 3}, "widgets[0]", "widget_outside_grid"),
+        ({"id": "w1", "type": "chart", "x": "3"}, "widgets[0].x", "int_type"),
+        ({"id": "w1", "type": "chart", "x": True}, "widgets[0].x", "int_type"),
+        ({"id": "", "type": "chart"}, "widgets[0].id", "string_pattern_mismatch"),
+        ({"id": "a" * 129, "type": "chart"}, "widgets[0].id", "string_pattern_mismatch"),
+        ({"id": "../x", "type": "chart"}, "widgets[0].id", "string_pattern_mismatch"),
+        ({"id": "..", "type": "chart"}, "widgets[0].id", "string_pattern_mismatch"),
+        ({"id": "w1", "type": "chart", "colour": "red"}, "widgets[0].colour", "extra_forbidden"),
+    ],
+)
+def test_widget_rules_are_refused_with_the_path_and_rule(
+    widget: JsonObject, path: str, rule: str
+) -> None:
+    error = refusal({"widgets": [widget]})
+
+    assert (error.issues[0].path, error.issues[0].rule) == (path, rule)
+    assert isinstance(error.__cause__, pydantic.ValidationError)
+
+
+def test_ids_of_128_safe_characters_are_accepted() -> None:
+    widget_id = "A" + "b-_.@9" * 21 + "z"
+
+    model = Validator().check({"widgets": [{"id": widget_id, "type": "chart"}]})
+
+    assert len(widget_id) == 128
+    assert model.widgets[0].id == widget_id
+
+
+def test_duplicate_widget_ids_are_refused_at_the_second_widget() -> None:
+    doc = {"widgets": [{"id": "w1", "type": "a"}, {"id": "w1", "type": "b"}]}
+
+    error = refusal(doc)
+
+    assert error.issues[0].path == "widgets[1].id"
+    assert error.issues[0].rule == "duplicate_widget_id"
+
+
+def test_messages_never_echo_the_refused_value() -> None:
+    secret = "hunter2-very-secret"  # noqa: S105 - the value that must not leak
+    docs = [
+        {"widgets": [{"id": "w1", "type": "chart", "x": secret}]},
+        {"theme": secret + "\x00"},
+        {"theme": secret * 1000},
+        {"metadata": {"a": float("nan")}, "theme": secret},
+    ]
+
+    errors = [refusal(doc) for doc in docs]
+
+    for error in errors:
+        assert secret not in str(error)
+        assert all(secret not in str(issue) for issue in error.issues)
+
+
+# -- S17: oversized and deeply nested -------------------------------------------------
+
+
+def bounded(doc: object) -> tuple[ValidationError, float, int]:
+    started = time.perf_counter()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValidationError) as caught:
+            Validator().check(doc)  # type: ignore[arg-type]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return caught.value, time.perf_counter() - started, peak
+
+
+@pytest.mark.parametrize("kind", ["array", "object"])
+@pytest.mark.parametrize("as_text", [False, True], ids=["python", "json-text"])
+def test_depth_10000_is_refused_quickly_naming_the_depth_limit(kind: str, as_text: bool) -> None:
+    value = nested(10_000, kind=kind)
+    doc: object = {"metadata": {"deep": value}}
+    if as_text:
+        doc = b'{"metadata":{"deep":' + (b"[" if kind == "array" else b'{"a":') * 10_000
+        doc += b"1" + (b"]" if kind == "array" else b"}") * 10_000 + b"}}"
+
+    error, seconds, peak = bounded(doc)
+
+    assert error.issues[0].rule == "max_depth"
+    assert "32" in str(error)
+    assert seconds < 1.0
+    assert peak < 4 * CAP
+
+
+@pytest.mark.parametrize("kind", ["array", "object"])
+def test_depth_is_enforced_on_both_sides_of_the_limit(kind: str) -> None:
+    # The root object is level 1 and metadata level 2: 30 more containers reach 32.
+    at_limit = {"metadata": {"x": nested(30, kind=kind)}}
+    over_limit = {"metadata": {"x": nested(31, kind=kind)}}
+
+    Validator().check(at_limit)
+    error = refusal(over_limit)
+
+    assert error.issues[0].rule == "max_depth"
+
+
+@pytest.mark.parametrize(
+    ("doc", "rule"),
+    [
+        (b'{"metadata":{"a":"' + b"x" * 50_000_000 + b'"}}', "max_bytes"),
+        ({"metadata": {f"k{i}": i for i in range(100_000)}}, "max_keys"),
+        ({"metadata": {"numbers": list(range(1_000_000))}}, "max_array_length"),
+        ({"widgets": [{"id": f"w{i}", "type": "t"} for i in range(100_000)]}, "max_array_length"),
+        ({"widgets": [{"id": "w1", "type": "t", "title": "x" * 20_000_000}]}, "max_string_length"),
+        ({"metadata": {f"k{i}": "x" * 5_000 for i in range(800)}}, "max_bytes"),
+    ],
+    ids=["50MB-text", "100k-keys", "1M-numbers", "100k-widgets", "20MB-title", "4MB-dict"],
+)
+def test_oversized_documents_raise_payload_too_large_quickly_naming_the_limit(
+    doc: object, rule: str
+) -> None:
+    error, seconds, peak = bounded(doc)
+
+    assert isinstance(error, PayloadTooLargeError)
+    assert error.issues[0].rule == rule
+    assert "limit of" in error.issues[0].message
+    assert seconds < 1.0
+    assert peak < 4 * CAP
+
+
+def test_more_widgets_than_the_widget_limit_are_refused() -> None:
+    doc = {"widgets": [{"id": f"w{i}", "type": "t"} for i in range(501)]}
+
+    error = refusal(doc)
+
+    assert isinstance(error, PayloadTooLargeError)
+    assert error.issues[0].rule == "max_widgets"
+    assert "500" in error.issues[0].message
+
+
+def test_limits_are_configurable() -> None:
+    validator = Validator(Limits(max_widgets=2, max_string_length=8))
+
+    widgets_error = refusal(layout_with(3), validator)
+    string_error = refusal({"theme": "abcdefghi"}, validator)
+
+    assert widgets_error.issues[0].rule == "max_widgets"
+    assert string_error.issues[0].message.startswith("string is longer than the limit of 8")
+
+
+def test_document_bytes_are_checked_on_the_encoding() -> None:
+    validator = Validator(Limits(max_document_bytes=1_000))
+    doc = {"metadata": {f"k{i}": "x" * 50 for i in range(30)}}
+
+    error = refusal(doc, validator)
+
+    assert error.issues[0].rule == "max_bytes"
+
+
+# -- S18: hostile values --------------------------------------------------------------
+
+HOSTILE_TEXT = {
+    "NaN": (b'{"metadata":{"a":NaN}}', "finite_number"),
+    "Infinity": (b'{"metadata":{"a":Infinity}}', "finite_number"),
+    "-Infinity": (b'{"metadata":{"a":-Infinity}}', "finite_number"),
+    "1e400": (b'{"metadata":{"a":1e400}}', "finite_number"),
+    "10**5000": (b'{"metadata":{"a":1' + b"0" * 5000 + b"}}", "finite_number"),
+    "2**53": (b'{"metadata":{"a":9007199254740992}}', "integer_range"),
+    "30 digits": (b'{"metadata":{"a":-123456789012345678901234567890}}', "integer_range"),
+    "duplicate key": (b'{"theme":"a","theme":"b"}', "duplicate_key"),
+    "nested duplicate": (b'{"metadata":{"a":"x:y","a":"\\u003a"}}', "duplicate_key"),
+    "unknown field": (b'{"bogus":1}', "extra_forbidden"),
+    "__proto__": (b'{"metadata":{"__proto__":{"admin":true}}}', "polluting_key"),
+    "constructor": (b'{"filters":{"constructor":1}}', "polluting_key"),
+    "prototype": (b'{"metadata":{"x":[{"prototype":1}]}}', "polluting_key"),
+    "user_id": (b'{"user_id":"bob"}', "reserved_key"),
+    "version": (b'{"version":7}', "reserved_key"),
+    "tenant": (b'{"tenant":"acme"}', "reserved_key"),
+}
+
+
+@pytest.mark.parametrize(("text", "rule"), HOSTILE_TEXT.values(), ids=HOSTILE_TEXT.keys())
+def test_hostile_json_text_is_refused_with_a_pydantic_cause(text: bytes, rule: str) -> None:
+    error = refusal(text)
+
+    assert error.issues[0].rule == rule
+    assert isinstance(error.__cause__, pydantic.ValidationError)
+
+
+HOSTILE_VALUES: dict[str, tuple[object, str]] = {
+    "NaN": ({"metadata": {"a": float("nan")}}, "finite_number"),
+    "Infinity": ({"metadata": {"a": float("inf")}}, "finite_number"),
+    "-Infinity": ({"filters": {"a": [float("-inf")]}}, "finite_number"),
+    "10**5000": ({"metadata": {"a": 10**5000}}, "integer_range"),
+    "2**53": ({"metadata": {"a": 2**53}}, "integer_range"),
+    "-(2**64)": ({"widgets": [{"id": "w", "type": "t", "y": -(2**64)}]}, "integer_range"),
+    "int key": ({"metadata": {1: "a"}}, "key_type"),
+    "int and str key": ({"metadata": {1: "a", "1": "b"}}, "key_type"),
+    "tuple": ({"metadata": {"a": (1, 2)}}, "json_type"),
+    "bytes": ({"metadata": {"a": b"x"}}, "json_type"),
+    "__proto__": ({"metadata": {"__proto__": 1}}, "polluting_key"),
+    "user_id": ({"user_id": "bob"}, "reserved_key"),
+    "not an object": ([1, 2], "object_type"),
+}
+
+
+@pytest.mark.parametrize(("doc", "rule"), HOSTILE_VALUES.values(), ids=HOSTILE_VALUES.keys())
+def test_hostile_python_values_are_refused_with_a_pydantic_cause(doc: object, rule: str) -> None:
+    error = refusal(doc)
+
+    assert error.issues[0].rule == rule
+    assert isinstance(error.__cause__, pydantic.ValidationError)
+
+
+def test_largest_safe_integers_are_accepted() -> None:
+    doc = {"metadata": {"max": 2**53 - 1, "min": -(2**53) + 1, "big_float": 1e300}}
+
+    model = Validator().check(doc)
+
+    assert model.metadata == doc["metadata"]
+
+
+# -- S19: strings and Unicode ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("title", "rule"),
+    [
+        ("Sales \ud800", "lone_surrogate"),
+        ("Sales \x00", "control_character"),
+        ("Sales \x07", "control_character"),
+        ("Sales \x1b[31m", "control_character"),
+    ],
+)
+@pytest.mark.parametrize("as_text", [False, True], ids=["python", "json-text"])
+def test_surrogates_nul_and_control_characters_are_refused(
+    title: str, rule: str, as_text: bool
+) -> None:
+    doc: JsonObject = {"widgets": [{"id": "w1", "type": "t", "title": title}]}
+    source: object = doc
+    if as_text:
+        escaped = title.encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
+        source = (
+            '{"widgets":[{"id":"w1","type":"t","title":"'
+            + "".join(
+                f"\\u{ord(ch):04x}" if ord(ch) < 0x20 or ord(ch) >= 0xD800 else ch for ch in escaped
+            )
+            + '"}]}'
+        )
+
+    error = refusal(source)
+
+    assert error.issues[0].rule == rule
+
+
+def test_tab_newline_and_carriage_return_are_allowed_in_text() -> None:
+    model = Validator().check({"theme": "a\tb\nc\r\n"})
+
+    assert model.theme == "a\tb\nc\r\n"
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["line\u2028separator\u2029", "👨\u200d👩\u200d👧\u200d👦 family", "Cafe\u0301", "Café"],
+    ids=["U+2028", "emoji-zwj", "nfd", "nfc"],
+)
+def test_allowed_unicode_round_trips_exactly(title: str) -> None:
+    doc = {"widgets": [{"id": "w1", "type": "t", "title": title}]}
+
+    from_dict = Validator().check(doc)
+    from_text = Validator().check(orjson.dumps(doc))
+
+    assert from_dict.widgets[0].title == title
+    assert from_text.widgets[0].title == title
+    assert orjson.loads(orjson.dumps(from_dict.model_dump(mode="json"))) == {
+        **Layout().model_dump(mode="json"),
+        **from_dict.model_dump(mode="json"),
+    }
+
+
+def test_string_cap_is_enforced_one_character_over_with_the_limit_in_the_message() -> None:
+    at_cap = {"widgets": [{"id": "w1", "type": "t", "title": "x" * 10_000}]}
+    over_cap = {"widgets": [{"id": "w1", "type": "t", "title": "x" * 10_001}]}
+
+    Validator().check(at_cap)
+    error = refusal(over_cap)
+
+    assert error.issues[0].path == "widgets[0].title"
+    assert "10000" in error.issues[0].message
+
+
+def test_a_bidi_override_is_accepted_with_a_warning() -> None:
+    report = validate({"widgets": [{"id": "w1", "type": "t", "title": "abc\u202edef"}]})
+
+    assert report.valid
+    assert [(w.path, w.rule) for w in report.warnings] == [("widgets[0].title", "bidi_control")]
+
+
+# -- widget types and generic schemas -------------------------------------------------
+
+
+class ChartSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    metric: str
+    limit: int = 10
+    api_key: Annotated[str, Encrypted] = ""
+
+
+def test_registered_widget_settings_are_checked_with_the_settings_path() -> None:
+    validator = Validator()
+    validator.register_widget_type("chart", ChartSettings)
+    good = {"widgets": [{"id": "w1", "type": "chart", "settings": {"metric": "sales"}}]}
+    bad = {"widgets": [{"id": "w1", "type": "chart", "settings": {"metric": 3}}]}
+
+    validator.check(good)
+    error = refusal(bad, validator)
+
+    assert error.issues[0].path == "widgets[0].settings.metric"
+    assert isinstance(error.__cause__, pydantic.ValidationError)
+
+
+def test_unknown_widget_types_are_refused_when_configured() -> None:
+    strict = Validator(allow_unknown_widget_types=False)
+    strict.register_widget_type("chart", ChartSettings)
+    lenient = Validator()
+    lenient.register_widget_type("chart", ChartSettings)
+    doc = {"widgets": [{"id": "w1", "type": "map", "settings": {"zoom": 3}}]}
+
+    error = refusal(doc, strict)
+    report = lenient.validate(doc)
+
+    assert error.issues[0].rule == "unknown_widget_type"
+    assert report.valid
+    assert report.warnings[0].rule == "unknown_widget_type"
+
+
+def test_encrypted_marks_on_settings_models_become_field_paths() -> None:
+    validator = Validator()
+    validator.register_widget_type("chart", ChartSettings)
+
+    assert validator.encrypted_fields() == ["widgets[*].settings.api_key"]
+
+
+class Preferences(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    language: str = "en"
+    favourites: list[str] = []
+    extra: dict[str, JsonValue] = {}
+
+
+def test_a_host_schema_gets_the_same_limits() -> None:
+    validator = Validator(schema=Preferences)
+
+    model = validator.check({"language": "de", "favourites": ["a"]})
+    error = refusal({"extra": {"x": nested(40, kind="array")}}, validator)  # type: ignore[arg-type]
+
+    assert isinstance(model, Preferences)
+    assert model.language == "de"
+    assert error.issues[0].rule == "max_depth"
+
+
+# -- check_json: the save path --------------------------------------------------------
+
+
+def test_check_json_equals_the_dump_of_check() -> None:
+    validator = Validator()
+    doc = {"widgets": [{"id": "extra", "type": "t"}, *layout_with(3)["widgets"]]}  # type: ignore[misc]
+
+    normalized = validator.check_json(doc)
+
+    assert normalized == validator.check(doc).model_dump(mode="json")
+    assert cast(list[JsonObject], normalized["widgets"])[0] == {
+        "id": "extra",
+        "type": "t",
+        "title": "",
+        "x": 0,
+        "y": 0,
+        "w": 1,
+        "h": 1,
+        "settings": {},
+    }
+
+
+def test_check_json_revalidates_a_cached_widget_in_a_new_context() -> None:
+    validator = Validator()
+    doc = layout_with(4)
+    validator.check_json(doc)
+    narrower = {**doc, "columns": 4}
+
+    error = refusal_json(narrower, validator)
+
+    assert error.issues[0].rule == "widget_outside_grid"
+
+
+def refusal_json(doc: Mapping[str, object], validator: Validator[Layout]) -> ValidationError:
+    with pytest.raises(ValidationError) as caught:
+        validator.check_json(doc)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"settings": {"a": float("nan")}},
+        {"settings": {"a": (1, 2)}},
+        {"x": 1.0},
+        {"x": True},
+        {"title": "\x00"},
+        {"y": 2**60},
+    ],
+    ids=["nan", "tuple", "float-x", "bool-x", "nul", "huge-int"],
+)
+def test_check_json_never_takes_a_lookalike_widget_from_its_cache(changed: JsonObject) -> None:
+    validator = Validator()
+    valid = {"widgets": [{"id": "w1", "type": "t", "x": 1, "settings": {"a": None}}]}
+    validator.check_json(valid)
+    widget = {**cast(list[JsonObject], valid["widgets"])[0], **changed}
+
+    with pytest.raises(ValidationError):
+        validator.check_json({"widgets": [widget]})
+
+
+def test_register_widget_type_forgets_widgets_validated_without_it() -> None:
+    validator = Validator()
+    doc = {"widgets": [{"id": "w1", "type": "chart", "settings": {"metric": 3}}]}
+    validator.check_json(doc)
+
+    validator.register_widget_type("chart", ChartSettings)
+
+    assert refusal_json(doc, validator).issues[0].path == "widgets[0].settings.metric"
