@@ -34,21 +34,19 @@ def main() -> None:
         print(f"2. Saving it unchanged writes nothing: source={again.source!r}, "
               f"still version {again.version}.")
 
-        moved = layout.model_copy(deep=True)
-        moved.widgets[1].x = 0
-        moved.widgets[1].y = 4
+        moved = layout.update_widget("churn", x=0, y=4)  # layouts are immutable: edit copies
         second = laptop.save_layout(user, moved, immediate=True, description="Moved churn")
         print(f"3. Moved a widget: version {second.version}.")
 
         with PersistenceManager(url, device_id="phone", config=strict) as phone:
             on_phone = phone.load_layout(user)
             assert on_phone is not None
-            on_phone.theme = "light"
-            third = phone.save_layout(user, on_phone, immediate=True, description="Light theme")
+            third = phone.save_layout(
+                user, on_phone.with_changes(theme="light"), immediate=True, description="Light theme"
+            )
             print(f"4. The phone loaded version {second.version} and saved version {third.version}.")
 
-        stale = moved.model_copy(deep=True)
-        stale.widgets[0].title = "Revenue (EUR)"
+        stale = moved.update_widget("revenue", title="Revenue (EUR)")
         try:
             laptop.save_layout(user, stale, immediate=True)
         except ConflictError as exc:

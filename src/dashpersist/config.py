@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from dashpersist.validation import Limits
+
 __all__ = ["PersistenceConfig"]
 
 
@@ -36,6 +38,11 @@ class PersistenceConfig(BaseModel):
     """Encrypt the fields named in ``encrypted_fields`` before anything is stored."""
     encrypted_fields: tuple[str, ...] = ("widgets[*].settings.api_key",)
     """Paths of fields to encrypt, ``[*]`` matching every list item."""
+    limits: Limits = Field(default_factory=Limits)
+    """Size and shape limits every saved document must keep (bytes, depth, widgets, ...)."""
+    allow_unknown_widget_types: bool = True
+    """Accept widgets whose type has no registered settings model (their settings are then
+    any JSON object); ``False`` refuses them."""
     outbox_dir: Path | None = None
     """Folder of the durable offline outbox; ``None``: a per-store user data folder."""
     cache_ttl: float = Field(300.0, ge=0)

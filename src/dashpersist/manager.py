@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Generic, Self, TypeVar, cast
+from typing import Generic, Self, TypeVar
 
 import platformdirs
 import pydantic
@@ -18,8 +19,11 @@ from dashpersist._canonical import checksum
 from dashpersist._retry import call_with_retries
 from dashpersist.cache import ReadCache
 from dashpersist.changes import LayoutDiff, describe_changes, summarize
+from dashpersist.codec import DocumentCodec
 from dashpersist.config import PersistenceConfig
+from dashpersist.encryption import FieldEncryptor, KeyRing
 from dashpersist.errors import (
+    ConfigurationError,
     ConflictError,
     ManagerClosedError,
     NotFoundError,
@@ -32,6 +36,7 @@ from dashpersist.patch import make_patch
 from dashpersist.storage.protocol import DocumentKey, Storage, StoredDocument, VersionRecord
 from dashpersist.storage.urls import open_storage
 from dashpersist.types import ChangeType, JsonObject
+from dashpersist.validation import ValidationReport, Validator, raise_validation_error
 from dashpersist.versions import IntegrityReport, VersionService
 
 __all__ = ["PersistenceManager", "default_store_url"]
@@ -51,6 +56,14 @@ def default_store_url() -> str:
     return f"sqlite:///{folder / 'dashpersist.db'}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Cached(Generic[DocT]):
+    """A cache entry: the stored form, and the model built from it once it was loaded."""
+
+    stored: StoredDocument
+    model: DocT | None = None
+
+
 class PersistenceManager(Generic[DocT]):
     """Save, load and version one kind of document for many users, without losing a change.
 
@@ -67,6 +80,7 @@ class PersistenceManager(Generic[DocT]):
         config: PersistenceConfig | None = None,
         device_id: str | None = None,
         schema: type[DocT] = Layout,  # type: ignore[assignment]
+        keyring: KeyRing | None = None,
         clock: Callable[[], datetime] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -84,8 +98,17 @@ class PersistenceManager(Generic[DocT]):
         self._versions = VersionService(
             self._storage, keyframe_interval=self._config.keyframe_interval, clock=self._clock
         )
-        self._migrator = SchemaMigrator(schema_version_of(schema))
-        self._cache: ReadCache[StoredDocument] = ReadCache(
+        self._keyring = keyring
+        validator: Validator[DocT] = Validator(
+            self._config.limits,
+            schema=schema,
+            allow_unknown_widget_types=self._config.allow_unknown_widget_types,
+            raw_fields=self._config.encrypted_fields,
+        )
+        self._codec = DocumentCodec(
+            schema, validator, SchemaMigrator(schema_version_of(schema)), self._make_encryptor()
+        )
+        self._cache: ReadCache[_Cached[DocT]] = ReadCache(
             maxsize=self._config.cache_size, ttl=self._config.cache_ttl
         )
         self._bases: dict[DocumentKey, int] = {}
@@ -118,8 +141,14 @@ class PersistenceManager(Generic[DocT]):
         try:
             updated = PersistenceConfig.model_validate({**self._config.model_dump(), **changes})
         except pydantic.ValidationError as exc:
-            raise _validation_error(exc) from exc
-        self._config = updated
+            raise_validation_error(exc)
+        previous, self._config = self._config, updated
+        try:
+            self._codec.encryptor = self._make_encryptor()
+        except ConfigurationError:
+            self._config = previous
+            raise
+        self._cache.clear()
         return updated
 
     # -- documents -----------------------------------------------------------------------
@@ -146,10 +175,12 @@ class PersistenceManager(Generic[DocT]):
         """
         self._check_open()
         key = _key(user_id, layout_id)
-        document = self._to_document(layout)
-        digest = checksum(document)
         with self._lock_for(key):
             current = self._read(key)
+            document = self._codec.encode(
+                key, layout, previous=None if current is None else current.document
+            )
+            digest = checksum(document)
             base = self._bases.get(key)
             actual = None if current is None else current.version
             if current is not None and current.checksum == digest:
@@ -173,16 +204,23 @@ class PersistenceManager(Generic[DocT]):
     def load_layout(self, user_id: str, *, layout_id: str = "default") -> DocT | None:
         """Return the user's current document, or ``None`` if there is none.
 
-        The result is the caller's own copy. Loading makes its version this manager's
-        base for the next save of the document.
+        Loading makes its version this manager's base for the next save of the document.
+        Frozen document models (like `Layout`) are shared between callers, since nobody
+        can change them; other models are built afresh for every call.
         """
         self._check_open()
         key = _key(user_id, layout_id)
-        current = self._read(key)
+        entry = self._cache.get(key)
+        if entry is not None and entry.model is not None and self._codec.shares_models:
+            self._bases[key] = entry.stored.version
+            return entry.model
+        current = entry.stored if entry is not None else self._read(key)
         if current is None:
             return None
+        model = self._codec.decode(key, current.document, current.schema_version)
+        self._cache.put(key, _Cached(current, model))
         self._bases[key] = current.version
-        return self._to_model(current.document, current.schema_version)
+        return model
 
     def list_layouts(self, user_id: str) -> list[str]:
         """Return the ids of the user's documents, sorted."""
@@ -267,7 +305,7 @@ class PersistenceManager(Generic[DocT]):
         self._check_open()
         key = _key(user_id, layout_id)
         document, record = self._retry(lambda: self._versions.get_document(key, version))
-        return self._to_model(document, record.schema_version)
+        return self._codec.decode(key, document, record.schema_version)
 
     def compare_versions(
         self, user_id: str, version_a: int, version_b: int, *, layout_id: str = "default"
@@ -296,12 +334,13 @@ class PersistenceManager(Generic[DocT]):
         """
         self._check_open()
         key = _key(user_id, layout_id)
-        target = self._upgraded_version(key, version)
-        model = self._to_model(target, self._migrator.current_version)
-        document = self._to_document(model)
+        model = self._codec.to_model(self._upgraded_version(key, version))
         with self._lock_for(key):
             self._cache.invalidate(key)
             current = self._read(key)
+            document = self._codec.encode(
+                key, model, previous=None if current is None else current.document
+            )
             self._commit(
                 key,
                 current,
@@ -334,7 +373,34 @@ class PersistenceManager(Generic[DocT]):
         Every read (current document, old versions, rollbacks and diffs) then returns
         documents upgraded to the schema version the document model declares.
         """
-        self._migrator.register(from_version, upcast)
+        self._codec.migrator.register(from_version, upcast)
+        self._cache.clear()
+
+    # -- validation ----------------------------------------------------------------------
+
+    def validate(self, layout: DocT | JsonObject) -> ValidationReport:
+        """Return what validating *layout* finds (errors and warnings), without raising."""
+        return self._codec.report(layout)
+
+    def sanitize(self, layout: DocT | JsonObject) -> DocT:
+        """Return a cleaned, valid copy of untrusted *layout*.
+
+        Markup and event handlers are stripped from text, positions clamped into the grid,
+        sizes fixed, duplicate widget ids dropped (the first kept), over-long strings
+        truncated and overlaps repaired. `validate` of the result lists nothing; the fixes
+        made are in `sanitize_with_fixes`.
+        """
+        return self._codec.validator.sanitize(layout)[0]
+
+    def sanitize_with_fixes(self, layout: DocT | JsonObject) -> tuple[DocT, list[ValidationIssue]]:
+        """Return a cleaned copy of *layout* and the fixes made, each with its JSON path."""
+        return self._codec.validator.sanitize(layout)
+
+    def register_widget_type(
+        self, type_name: str, settings_model: type[pydantic.BaseModel]
+    ) -> None:
+        """Validate the settings of widgets of *type_name* with *settings_model* from now on."""
+        self._codec.validator.register_widget_type(type_name, settings_model)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -385,10 +451,10 @@ class PersistenceManager(Generic[DocT]):
     def _read(self, key: DocumentKey) -> StoredDocument | None:
         cached = self._cache.get(key)
         if cached is not None:
-            return cached
+            return cached.stored
         current = self._retry(lambda: self._storage.read(key))
         if current is not None:
-            self._cache.put(key, current)
+            self._cache.put(key, _Cached(current))
         return current
 
     def _write(
@@ -409,17 +475,15 @@ class PersistenceManager(Generic[DocT]):
             # Whatever happened, the cached copy may now be stale.
             self._cache.invalidate(key)
             raise
-        self._cache.put(
-            key,
-            StoredDocument(
-                key=key,
-                document=document,
-                version=version,
-                checksum=record.checksum,
-                updated_at=record.created_at,
-                schema_version=record.schema_version,
-            ),
+        stored = StoredDocument(
+            key=key,
+            document=document,
+            version=version,
+            checksum=record.checksum,
+            updated_at=record.created_at,
+            schema_version=record.schema_version,
         )
+        self._cache.put(key, _Cached(stored))
         return version
 
     def _commit(
@@ -441,7 +505,7 @@ class PersistenceManager(Generic[DocT]):
             description=description,
             device_id=self._device_id,
             label=label,
-            schema_version=self._migrator.current_version,
+            schema_version=self._codec.migrator.current_version,
             document_checksum=digest,
         )
         version = self._write(
@@ -449,45 +513,26 @@ class PersistenceManager(Generic[DocT]):
         )
         self._bases[key] = version
         keep = self._config.max_versions if self._config.enable_versioning else 1
-        if version > keep:
+        # Trim in batches of a tenth of max_versions: each trim rebuilds a keyframe.
+        batch = max(1, keep // 10)
+        if version > keep and (version - keep) % batch == 0:
             self._retry(lambda: self._versions.apply_retention(key, keep=keep))
         return version
 
     def _upgraded_version(self, key: DocumentKey, version: int) -> JsonObject:
         document, record = self._retry(lambda: self._versions.get_document(key, version))
-        return self._migrator.upgrade(document, record.schema_version)
+        return self._codec.plain(key, document, record.schema_version)
 
-    def _to_model(self, document: JsonObject, schema_version: int) -> DocT:
-        upgraded = self._migrator.upgrade(document, schema_version)
-        try:
-            return self._schema.model_validate(upgraded)
-        except pydantic.ValidationError as exc:
-            raise _validation_error(exc) from exc
-
-    def _to_document(self, layout: DocT | JsonObject) -> JsonObject:
-        try:
-            model = (
-                layout if isinstance(layout, self._schema) else self._schema.model_validate(layout)
+    def _make_encryptor(self) -> FieldEncryptor | None:
+        if not self._config.enable_encryption:
+            return None
+        if self._keyring is None:
+            raise ConfigurationError(
+                "enable_encryption is on but no keyring was given: "
+                "PersistenceManager(..., keyring=KeyRing({'k1': KeyRing.generate_key()}))"
             )
-            # Re-validate a model instance too: it may have been mutated since it was built.
-            if model is layout:
-                model = self._schema.model_validate(model.model_dump(mode="python"))
-        except pydantic.ValidationError as exc:
-            raise _validation_error(exc) from exc
-        return cast(JsonObject, model.model_dump(mode="json"))
+        return FieldEncryptor(self._keyring, self._config.encrypted_fields)
 
 
 def _key(user_id: str, layout_id: str) -> DocumentKey:
     return DocumentKey(user_id, layout_id)
-
-
-def _validation_error(exc: pydantic.ValidationError) -> ValidationError:
-    issues = [
-        ValidationIssue(
-            path="$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]),
-            rule=error["type"],
-            message=error["msg"],
-        )
-        for error in exc.errors(include_input=False, include_url=False)
-    ]
-    return ValidationError(issues)

@@ -11,11 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from dashpersist._frozen import FrozenDict, freeze_json
 from dashpersist.types import ChangeType, JsonObject, JsonValue, SaveSource
 
 if TYPE_CHECKING:
@@ -23,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ID_PATTERN",
+    "FrozenJsonObject",
     "Layout",
     "SaveResult",
     "StoredLayoutInfo",
@@ -42,17 +51,34 @@ WidgetType = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{
 _MODEL_CONFIG = ConfigDict(
     extra="forbid",
     strict=True,
+    frozen=True,
     allow_inf_nan=False,
-    validate_assignment=True,
     str_strip_whitespace=False,
     hide_input_in_errors=True,
 )
+
+
+def _freeze_object(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    frozen = freeze_json(value)
+    assert isinstance(frozen, dict)
+    return frozen
+
+
+FrozenJsonObject = Annotated[dict[str, JsonValue], AfterValidator(_freeze_object)]
+"""A JSON object field of an immutable document: validated as JSON, then deep-frozen
+(a ``dict`` subclass whose objects and arrays refuse every change)."""
+
+
+def _empty() -> dict[str, JsonValue]:
+    return FrozenDict()
 
 
 class Widget(BaseModel):
     """One tile on a dashboard: what it shows, where it sits on the grid, and its settings.
 
     ``x``/``y`` are the top-left grid cell (0-based), ``w``/``h`` the size in cells.
+    Widgets are immutable (so loaded documents can be shared safely): change one with
+    `with_changes`, which returns a validated copy.
     """
 
     model_config = _MODEL_CONFIG
@@ -64,7 +90,11 @@ class Widget(BaseModel):
     y: Annotated[int, Field(ge=0)] = 0
     w: Annotated[int, Field(ge=1)] = 1
     h: Annotated[int, Field(ge=1)] = 1
-    settings: dict[str, JsonValue] = Field(default_factory=dict)
+    settings: FrozenJsonObject = Field(default_factory=_empty)
+
+    def with_changes(self, **changes: object) -> Self:
+        """Return a validated copy with *changes* applied, e.g. ``widget.with_changes(x=3)``."""
+        return type(self).model_validate({**self.model_dump(mode="json"), **changes})
 
 
 class Layout(BaseModel):
@@ -73,15 +103,51 @@ class Layout(BaseModel):
     Widget ids are unique and every widget fits the grid (``x + w <= columns``).
     Overlapping widgets are allowed here (grid front ends stack them); `sanitize` moves
     them apart.
+
+    Layouts are immutable: the manager can hand the same object to every reader without
+    one caller's change leaking into another's. Build changed copies with
+    `with_changes`, `with_widget`, `without_widget` and `update_widget`, or work on
+    ``model_dump()`` and pass the dict back.
     """
 
     model_config = _MODEL_CONFIG
 
-    widgets: list[Widget] = Field(default_factory=list)
+    schema_version: ClassVar[int] = 1
+
+    widgets: Annotated[tuple[Widget, ...], Field(strict=False)] = ()
     theme: str = "light"
-    filters: dict[str, JsonValue] = Field(default_factory=dict)
+    filters: FrozenJsonObject = Field(default_factory=_empty)
     columns: Annotated[int, Field(ge=1, le=1000)] = 12
-    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    metadata: FrozenJsonObject = Field(default_factory=_empty)
+
+    def widget(self, widget_id: str) -> Widget:
+        """Return the widget with *widget_id*; raise `KeyError` if there is none."""
+        for widget in self.widgets:
+            if widget.id == widget_id:
+                return widget
+        raise KeyError(widget_id)
+
+    def with_changes(self, **changes: object) -> Self:
+        """Return a validated copy with *changes*, e.g. ``layout.with_changes(theme="dark")``."""
+        return type(self).model_validate({**self.model_dump(mode="json"), **changes})
+
+    def with_widget(self, widget: Widget) -> Self:
+        """Return a copy with *widget* added at the end, or replacing the widget with its id."""
+        widgets = [w for w in self.widgets if w.id != widget.id]
+        index = next((i for i, w in enumerate(self.widgets) if w.id == widget.id), len(widgets))
+        widgets.insert(index, widget)
+        return self.with_changes(widgets=[w.model_dump(mode="json") for w in widgets])
+
+    def without_widget(self, widget_id: str) -> Self:
+        """Return a copy without the widget *widget_id*; raise `KeyError` if there is none."""
+        self.widget(widget_id)
+        return self.with_changes(
+            widgets=[w.model_dump(mode="json") for w in self.widgets if w.id != widget_id]
+        )
+
+    def update_widget(self, widget_id: str, **changes: object) -> Self:
+        """Return a copy in which widget *widget_id* has *changes*, e.g. ``x=0, y=4``."""
+        return self.with_widget(self.widget(widget_id).with_changes(**changes))
 
     @model_validator(mode="after")
     def _check_grid(self) -> Layout:

@@ -413,6 +413,11 @@ def _suspicious_bytes(encoded: bytes) -> bool:
 # -- errors ----------------------------------------------------------------------------
 
 
+def raise_validation_error(exc: pydantic.ValidationError) -> NoReturn:
+    """Raise our `ValidationError` for pydantic's *exc*: paths and rules, never the input."""
+    _raise(_issues_of(exc), exc)
+
+
 def _raise(errors: Sequence[ValidationIssue], cause: BaseException | None = None) -> NoReturn:
     kind = ValidationError
     if any(issue.rule in SIZE_RULES for issue in errors):
@@ -475,9 +480,13 @@ class _Checked:
 def _keyed_lists(schema: type[BaseModel]) -> tuple[_KeyedList, ...]:
     found = []
     for name, info in schema.model_fields.items():
-        if typing.get_origin(info.annotation) is not list:
+        origin, args = typing.get_origin(info.annotation), typing.get_args(info.annotation)
+        if origin is list and len(args) == 1:
+            (item,) = args
+        elif origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            item = args[0]
+        else:
             continue
-        (item,) = typing.get_args(info.annotation)
         if isinstance(item, type) and issubclass(item, BaseModel) and "id" in item.model_fields:
             typed = "type" in item.model_fields and "settings" in item.model_fields
             found.append(_KeyedList(name, item, typed))

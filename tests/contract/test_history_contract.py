@@ -91,13 +91,14 @@ def test_compare_versions_gives_a_patch_and_named_changes(storage: Storage) -> N
     pm = manager_for(storage)
     first = board(1)
     pm.save_layout("alice", first)
-    second = first.model_copy(deep=True)
-    second.widgets[0].x = 9
-    second.widgets[1].title = "Renamed"
-    second.widgets[2].settings["color"] = "red"
-    second.widgets.pop(3)
-    second.widgets.append(Widget(id="new", type="text", x=0, y=20))
-    second.theme = "solarized"
+    second = (
+        first.update_widget("w0", x=9)
+        .update_widget("w1", title="Renamed")
+        .update_widget("w2", settings={**first.widget("w2").settings, "color": "red"})
+        .without_widget("w3")
+        .with_widget(Widget(id="new", type="text", x=0, y=20))
+        .with_changes(theme="solarized")
+    )
     pm.save_layout("alice", second)
 
     diff = pm.compare_versions("alice", 1, 2)
@@ -263,8 +264,7 @@ def test_old_versions_upgrade_through_registered_migrations(storage: Storage) ->
 def test_auto_saves_get_a_summary_as_their_description(storage: Storage) -> None:
     pm = manager_for(storage)
     pm.save_layout("alice", board(1))
-    moved = board(1)
-    moved.widgets[0].x = 9
+    moved = board(1).update_widget("w0", x=9)
 
     pm.save_layout("alice", moved, change_type="auto")
 

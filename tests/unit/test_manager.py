@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from dashpersist import (
@@ -56,7 +57,7 @@ def test_an_invalid_layout_is_refused_and_nothing_is_written(manager: Persistenc
     with pytest.raises(ValidationError) as caught:
         manager.save_layout("alice", {"widgets": [{"id": "w1", "type": "chart", "x": "left"}]})
 
-    assert caught.value.issues[0].path == "$.widgets[0].x"
+    assert caught.value.issues[0].path == "widgets[0].x"
     assert "left" not in str(caught.value)
     assert manager.load_layout("alice") == sample()
     assert len(manager.get_version_history("alice")) == 1
@@ -100,15 +101,29 @@ def test_history_records_device_description_and_change_type(manager: Persistence
     ]
 
 
-def test_changing_a_loaded_layout_does_not_change_the_next_load(
-    manager: PersistenceManager,
-) -> None:
+def test_a_loaded_layout_cannot_be_changed_in_place(manager: PersistenceManager) -> None:
     manager.save_layout("alice", sample())
     loaded = manager.load_layout("alice")
     assert loaded is not None
 
-    loaded.widgets[0].title = "changed in place"
-    loaded.widgets.append(Widget(id="extra", type="chart"))
+    with pytest.raises(pydantic.ValidationError):
+        loaded.widgets[0].title = "changed in place"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        loaded.widgets.append(Widget(id="extra", type="chart"))  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        loaded.widgets[0].settings["intruder"] = 1
+
+    assert manager.load_layout("alice") == sample()
+
+
+def test_changing_a_saved_dict_afterwards_does_not_change_the_store(
+    manager: PersistenceManager,
+) -> None:
+    document = sample().model_dump(mode="json")
+    manager.save_layout("alice", document)
+
+    document["widgets"][0]["title"] = "changed after saving"
+    document["theme"] = "changed"
 
     assert manager.load_layout("alice") == sample()
 

@@ -77,8 +77,9 @@ def test_json_text_and_bytes_validate_like_the_dict() -> None:
 
 
 def test_a_model_instance_is_checked_against_the_limits_too() -> None:
-    layout = Layout.model_validate(layout_with(1))
-    layout.widgets[0].settings["note"] = "x" * 10_001
+    doc = layout_with(1)
+    doc["widgets"][0]["settings"]["note"] = "x" * 10_001  # type: ignore[call-overload,index]
+    layout = Layout.model_validate(doc)
 
     error = refusal(layout)
 
