@@ -15,7 +15,7 @@ def median_seconds(
     """Return each variant's median seconds per call; variants run interleaved batch by batch,
     so drift in machine speed hits them alike."""
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    for name, operation in variants.items():  # warm-up: imports, caches, statement compilation
+    for operation in variants.values():  # warm-up: imports, caches, statement compilation
         for _ in range(3):
             operation()
     for _ in range(batches):
@@ -39,8 +39,13 @@ def layout_document(widgets: int, revision: int) -> dict[str, object]:
                 "y": i // 4 * 2,
                 "w": 3,
                 "h": 2,
-                "settings": {"metric": "revenue", "color": "#3366cc", "limit": 100 + i,
-                             "series": ["north", "south", "east"], "stacked": i % 2 == 0},
+                "settings": {
+                    "metric": "revenue",
+                    "color": "#3366cc",
+                    "limit": 100 + i,
+                    "series": ["north", "south", "east"],
+                    "stacked": i % 2 == 0,
+                },
             }
             for i in range(widgets)
         ],

@@ -19,10 +19,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._timing import format_table, layout_document, median_seconds  # noqa: E402
-from dashpersist import DocumentKey, Layout, PersistenceConfig, PersistenceManager  # noqa: E402
-from dashpersist.storage.jsonfile import JSONFileStorage  # noqa: E402
-from dashpersist.storage.sql import SQLStorage  # noqa: E402
+from bench._timing import format_table, layout_document, median_seconds
+from dashpersist import DocumentKey, Layout, PersistenceConfig, PersistenceManager
+from dashpersist.storage.jsonfile import JSONFileStorage
+from dashpersist.storage.sql import SQLStorage
 
 SIZES = (10, 50, 500)
 
@@ -38,15 +38,21 @@ class RawSQLite:
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("CREATE TABLE doc (u TEXT, l TEXT, version INT, body TEXT, PRIMARY KEY (u, l))")
-        self.db.execute("CREATE TABLE hist (u TEXT, l TEXT, version INT, body TEXT, PRIMARY KEY (u, l, version))")
+        self.db.execute(
+            "CREATE TABLE doc (u TEXT, l TEXT, version INT, body TEXT, PRIMARY KEY (u, l))"
+        )
+        self.db.execute(
+            "CREATE TABLE hist (u TEXT, l TEXT, version INT, body TEXT, "
+            "PRIMARY KEY (u, l, version))"
+        )
         self.db.execute("INSERT INTO doc VALUES ('u', 'l', 0, '{}')")
         self.version = 0
 
     def save(self, body: str) -> None:
         self.db.execute("BEGIN IMMEDIATE")
         cursor = self.db.execute(
-            "UPDATE doc SET body = ?, version = version + 1 WHERE u = 'u' AND l = 'l' AND version = ?",
+            "UPDATE doc SET body = ?, version = version + 1 "
+            "WHERE u = 'u' AND l = 'l' AND version = ?",
             (body, self.version),
         )
         assert cursor.rowcount == 1
@@ -88,15 +94,19 @@ def bench_sqlite(root: Path, size: int) -> dict[str, object]:
     raw = RawSQLite(root / f"raw-{size}.db")
     storage = SQLStorage(f"sqlite:///{root / f'storage-{size}.db'}")
     managed = PersistenceManager(f"sqlite:///{root / f'manager-{size}.db'}")
-    uncached = PersistenceManager(f"sqlite:///{root / f'manager-{size}.db'}",
-                                  config=PersistenceConfig(cache_size=0))
+    uncached = PersistenceManager(
+        f"sqlite:///{root / f'manager-{size}.db'}", config=PersistenceConfig(cache_size=0)
+    )
     key = DocumentKey("u")
     state = {"storage": 0}
-    raw_cycle, storage_cycle, model_cycle = (itertools.cycle(x) for x in (encoded, documents, models))
+    raw_cycle, storage_cycle, model_cycle = (
+        itertools.cycle(x) for x in (encoded, documents, models)
+    )
 
     def storage_write() -> None:
-        state["storage"] = storage.write(key, next(storage_cycle),
-                                         expected_version=state["storage"] or None)
+        state["storage"] = storage.write(
+            key, next(storage_cycle), expected_version=state["storage"] or None
+        )
 
     times = median_seconds(
         {
@@ -104,7 +114,8 @@ def bench_sqlite(root: Path, size: int) -> dict[str, object]:
             "storage_write": storage_write,
             "manager_save": lambda: managed.save_layout("u", next(model_cycle), immediate=True),
         },
-        batches=_per_size(size)[0], per_batch=_per_size(size)[1],
+        batches=_per_size(size)[0],
+        per_batch=_per_size(size)[1],
     )
     load_times = median_seconds(
         {
@@ -112,7 +123,8 @@ def bench_sqlite(root: Path, size: int) -> dict[str, object]:
             "cold_load": lambda: uncached.load_layout("u"),
             "cached_load": lambda: managed.load_layout("u"),
         },
-        batches=_per_size(size)[0], per_batch=_per_size(size)[1],
+        batches=_per_size(size)[0],
+        per_batch=_per_size(size)[1],
     )
     storage.close()
     managed.close()
@@ -144,8 +156,9 @@ def bench_jsonfile(root: Path, size: int) -> dict[str, object]:
     model_cycle = itertools.cycle([Layout.model_validate(d) for d in documents])
 
     def storage_write() -> None:
-        state["storage"] = storage.write(key, next(storage_cycle),
-                                         expected_version=state["storage"] or None)
+        state["storage"] = storage.write(
+            key, next(storage_cycle), expected_version=state["storage"] or None
+        )
 
     batches, per_batch = _per_size(size)
     times = median_seconds(
@@ -154,7 +167,8 @@ def bench_jsonfile(root: Path, size: int) -> dict[str, object]:
             "storage_write": storage_write,
             "manager_save": lambda: managed.save_layout("u", next(model_cycle), immediate=True),
         },
-        batches=batches, per_batch=per_batch,
+        batches=batches,
+        per_batch=per_batch,
     )
     storage.close()
     managed.close()
@@ -175,10 +189,13 @@ def bench_postgres(size: int, server: Any) -> dict[str, object]:
     documents = _bodies(size)
     encoded = [orjson.dumps(d, option=orjson.OPT_SORT_KEYS).decode() for d in documents]
     url = server.create_database()
-    raw = psycopg.connect(host=str(server.socket_dir), user="postgres",
-                          dbname=url.rsplit("/", 1)[1].split("?")[0])
+    raw = psycopg.connect(
+        host=str(server.socket_dir), user="postgres", dbname=url.split("?")[0].rsplit("/", 1)[1]
+    )
     raw.execute("CREATE TABLE doc (u TEXT, l TEXT, version INT, body JSONB, PRIMARY KEY (u, l))")
-    raw.execute("CREATE TABLE hist (u TEXT, l TEXT, version INT, body TEXT, PRIMARY KEY (u, l, version))")
+    raw.execute(
+        "CREATE TABLE hist (u TEXT, l TEXT, version INT, body TEXT, PRIMARY KEY (u, l, version))"
+    )
     raw.execute("INSERT INTO doc VALUES ('u', 'l', 0, '{}')")
     raw.commit()
     raw_state = {"version": 0}
@@ -201,13 +218,15 @@ def bench_postgres(size: int, server: Any) -> dict[str, object]:
     raw_cycle, storage_cycle = itertools.cycle(encoded), itertools.cycle(documents)
 
     def storage_write() -> None:
-        state["storage"] = storage.write(key, next(storage_cycle),
-                                         expected_version=state["storage"] or None)
+        state["storage"] = storage.write(
+            key, next(storage_cycle), expected_version=state["storage"] or None
+        )
 
     batches, per_batch = _per_size(size)
     times = median_seconds(
         {"raw_save": lambda: raw_save(next(raw_cycle)), "storage_write": storage_write},
-        batches=batches, per_batch=per_batch,
+        batches=batches,
+        per_batch=per_batch,
     )
     storage.close()
     raw.close()
@@ -241,8 +260,18 @@ def run() -> list[dict[str, object]]:
     return rows
 
 
-COLUMNS = ["backend", "widgets", "raw_save_us", "storage_write_us", "storage_write_ratio",
-           "save_layout_us", "save_layout_ratio", "cold_load_us", "cached_load_us", "cached_to_cold"]
+COLUMNS = [
+    "backend",
+    "widgets",
+    "raw_save_us",
+    "storage_write_us",
+    "storage_write_ratio",
+    "save_layout_us",
+    "save_layout_ratio",
+    "cold_load_us",
+    "cached_load_us",
+    "cached_to_cold",
+]
 
 if __name__ == "__main__":
     print(format_table(run(), COLUMNS))

@@ -67,10 +67,36 @@ def save_forever(url: str, widgets: int) -> None:
             print(f"ack {result.version} {version}", flush=True)
 
 
+def edit_own_widget(url: str, name: str, count: int) -> None:
+    """Set this process's own widget's counter 1..count in a shared layout, saving each time."""
+    with PersistenceManager(url, device_id=name) as manager:
+        layout = manager.load_layout("team")
+        assert layout is not None
+        for index in range(1, count + 1):
+            while True:
+                widget = layout.widget(name)
+                edited = layout.update_widget(name, settings={**widget.settings, "count": index})
+                try:
+                    result = manager.save_layout("team", edited, immediate=True)
+                except ConflictError:
+                    # Too far behind to merge (our base left history): reload and redo,
+                    # as a user would.
+                    print("conflict", flush=True)
+                    layout = manager.load_layout("team")
+                    assert layout is not None
+                    continue
+                print(f"ack {result.version} {index}", flush=True)
+                break
+            layout = manager.load_layout("team")
+            assert layout is not None
+
+
 def main(argv: list[str]) -> None:
     mode, url, *rest = argv
     if mode == "append":
         append_tokens(url, rest[0], int(rest[1]))
+    elif mode == "edit-own-widget":
+        edit_own_widget(url, rest[0], int(rest[1]))
     elif mode == "save-forever":
         save_forever(url, int(rest[0]))
     else:

@@ -19,8 +19,13 @@ def test_the_example_runs(script: Path, tmp_path: Path) -> None:
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path)}
 
     completed = subprocess.run(
-        [sys.executable, str(script)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-        timeout=120, check=False,
+        [sys.executable, str(script)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
     assert completed.returncode == 0, completed.stderr

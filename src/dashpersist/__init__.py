@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dashpersist.changes import LayoutChange, LayoutDiff
 from dashpersist.config import PersistenceConfig
+from dashpersist.encryption import FieldEncryptor, KeyRing
 from dashpersist.errors import (
     ConfigurationError,
     ConflictError,
@@ -21,22 +23,36 @@ from dashpersist.errors import (
     ValidationError,
 )
 from dashpersist.manager import PersistenceManager, default_store_url
+from dashpersist.merge import Conflict, ConflictResolver, MergePolicy, MergeResult
 from dashpersist.models import Layout, SaveResult, VersionInfo, Widget
+from dashpersist.patch import apply_patch, make_patch
 from dashpersist.storage import DocumentKey, MemoryStorage, Storage, StoredDocument, VersionRecord
 from dashpersist.storage.urls import open_storage
+from dashpersist.validation import Limits, ValidationReport, Validator
+from dashpersist.versions import IntegrityReport
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",
+    "Conflict",
     "ConflictError",
+    "ConflictResolver",
     "CorruptStoreError",
     "DashPersistError",
     "DecryptionError",
     "DocumentKey",
+    "FieldEncryptor",
+    "IntegrityReport",
+    "KeyRing",
     "Layout",
+    "LayoutChange",
+    "LayoutDiff",
+    "Limits",
     "ManagerClosedError",
     "MemoryStorage",
+    "MergePolicy",
+    "MergeResult",
     "NotFoundError",
     "OutboxBlockedError",
     "PatchError",
@@ -51,10 +67,14 @@ __all__ = [
     "StorageUnavailableError",
     "StoredDocument",
     "ValidationError",
+    "ValidationReport",
+    "Validator",
     "VersionInfo",
     "VersionRecord",
     "Widget",
     "__version__",
+    "apply_patch",
     "default_store_url",
+    "make_patch",
     "open_storage",
 ]

@@ -1,16 +1,23 @@
-"""The read cache: recently read documents of this process, dropped on every local write."""
+"""The read cache: recently read documents of this process, dropped on every local write.
+
+Every manager has its own cache, but managers sharing one `Storage` object share its
+invalidations: `invalidate_everywhere` drops a key from every cache registered for that
+storage, so two managers in one process never serve each other stale reads. Writes by
+other processes become visible when an entry's TTL runs out.
+"""
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from cachetools import TTLCache
 
 from dashpersist.storage.protocol import DocumentKey
 
-__all__ = ["ReadCache"]
+__all__ = ["ReadCache", "invalidate_everywhere", "register_cache"]
 
 T = TypeVar("T")
 
@@ -62,3 +69,27 @@ class ReadCache(Generic[T]):
         """Forget everything."""
         with self._lock:
             self._entries.clear()
+
+
+# id(storage) -> the caches of every manager using it. Caches are held weakly, so a
+# closed-and-dropped manager falls out by itself. Keying by id() works for any storage
+# (hashable or not); if an id is reused after its storage is gone, the only effect is an
+# extra, harmless invalidation.
+_REGISTRY: dict[int, weakref.WeakSet[ReadCache[Any]]] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def register_cache(storage: object, cache: ReadCache[Any]) -> None:
+    """Make *cache* hear about writes that other managers make through *storage*."""
+    with _REGISTRY_LOCK:
+        for storage_id in [k for k, caches in _REGISTRY.items() if not caches]:
+            del _REGISTRY[storage_id]
+        _REGISTRY.setdefault(id(storage), weakref.WeakSet()).add(cache)
+
+
+def invalidate_everywhere(storage: object, key: DocumentKey) -> None:
+    """Drop *key* from every cache registered for *storage*."""
+    with _REGISTRY_LOCK:
+        caches = list(_REGISTRY.get(id(storage), ()))
+    for cache in caches:
+        cache.invalidate(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,6 +35,9 @@ class PersistenceConfig(BaseModel):
     """Store a whole snapshot every this many versions; between them, history holds patches."""
     enable_conflict_resolution: bool = True
     """Merge a save from a stale base three-way instead of refusing it."""
+    merge_prefer: Literal["local", "remote", "newest"] = "newest"
+    """Who wins a field both sides changed: this device, the stored version, or the later
+    edit (ties broken by content, so every device picks the same winner)."""
     enable_encryption: bool = False
     """Encrypt the fields named in ``encrypted_fields`` before anything is stored."""
     encrypted_fields: tuple[str, ...] = ("widgets[*].settings.api_key",)

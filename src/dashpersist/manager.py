@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -15,9 +16,9 @@ import platformdirs
 import pydantic
 from typing_extensions import TypeVar as TypeVarWithDefault
 
-from dashpersist._canonical import checksum
+from dashpersist._canonical import checksum, copy_json
 from dashpersist._retry import call_with_retries
-from dashpersist.cache import ReadCache
+from dashpersist.cache import ReadCache, invalidate_everywhere, register_cache
 from dashpersist.changes import LayoutDiff, describe_changes, summarize
 from dashpersist.codec import DocumentCodec
 from dashpersist.config import PersistenceConfig
@@ -30,6 +31,7 @@ from dashpersist.errors import (
     ValidationError,
     ValidationIssue,
 )
+from dashpersist.merge import ConflictResolver
 from dashpersist.migrations import SchemaMigrator, Upcast, schema_version_of
 from dashpersist.models import Layout, SaveResult, VersionInfo
 from dashpersist.patch import make_patch
@@ -44,6 +46,12 @@ __all__ = ["PersistenceManager", "default_store_url"]
 DocT = TypeVarWithDefault("DocT", bound=pydantic.BaseModel, default=Layout)
 T = TypeVar("T")
 
+_MERGE_ATTEMPTS = 10
+"""Rounds of read-merge-write a save tries before giving up to a document that keeps moving."""
+_MERGE_BACKOFF = 0.005
+"""Seconds; the wait before merge round n is drawn from [0, n * _MERGE_BACKOFF] so that
+writers racing for one document fall out of step."""
+
 
 def default_store_url() -> str:
     """Return the URL of the embedded default store.
@@ -54,6 +62,14 @@ def default_store_url() -> str:
     folder = Path(platformdirs.user_data_dir("dashpersist", appauthor=False))
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'dashpersist.db'}"
+
+
+class _LostRace(Exception):  # noqa: N818 - internal signal, never escapes the manager
+    """Another writer committed between our read and our write; merge and try again."""
+
+    def __init__(self, conflict: ConflictError) -> None:
+        super().__init__(str(conflict))
+        self.conflict = conflict
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +121,14 @@ class PersistenceManager(Generic[DocT]):
             allow_unknown_widget_types=self._config.allow_unknown_widget_types,
             raw_fields=self._config.encrypted_fields,
         )
+        self._resolver = ConflictResolver.for_model(schema, prefer=self._config.merge_prefer)
         self._codec = DocumentCodec(
             schema, validator, SchemaMigrator(schema_version_of(schema)), self._make_encryptor()
         )
         self._cache: ReadCache[_Cached[DocT]] = ReadCache(
             maxsize=self._config.cache_size, ttl=self._config.cache_ttl
         )
+        register_cache(self._storage, self._cache)
         self._bases: dict[DocumentKey, int] = {}
         self._key_locks: dict[DocumentKey, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -167,39 +185,29 @@ class PersistenceManager(Generic[DocT]):
         """Validate *layout* and commit it as the next version of the user's document.
 
         The write is a compare-and-swap from the version this manager last loaded or
-        saved for the document (its base). A save equal to the stored document writes
-        nothing and returns ``source="unchanged"``. Raises `ValidationError` (nothing
-        written), `ConflictError` when another writer moved the document on since the
-        base, and `StorageError` subclasses when the store fails after bounded retries.
-        ``immediate`` is accepted for forward compatibility: every save is written at once.
+        saved for the document (its base). When another writer moved the document on
+        since the base, the save is merged three-way (base, this save, the stored
+        version) and written as a ``conflict_resolution`` version, with the merge report
+        on ``SaveResult.merge``; with ``enable_conflict_resolution=False``, or when the
+        base is no longer in history, it raises `ConflictError` instead. A save equal to
+        the stored document writes nothing and returns ``source="unchanged"``. Raises
+        `ValidationError` (nothing written) and `StorageError` subclasses when the store
+        fails after bounded retries. ``immediate`` is accepted for forward compatibility:
+        every save is written at once.
         """
         self._check_open()
         key = _key(user_id, layout_id)
         with self._lock_for(key):
-            current = self._read(key)
-            document = self._codec.encode(
-                key, layout, previous=None if current is None else current.document
-            )
-            digest = checksum(document)
-            base = self._bases.get(key)
-            actual = None if current is None else current.version
-            if current is not None and current.checksum == digest:
-                self._bases[key] = current.version
-                return SaveResult(success=True, version=current.version, source="unchanged")
-            if base is not None and base != actual:
-                raise ConflictError(key, expected_version=base, actual_version=actual)
-            if description is None and change_type == "auto" and current is not None:
-                description = summarize(describe_changes(current.document, document))
-            version = self._commit(
-                key,
-                current,
-                document,
-                digest,
-                change_type=change_type,
-                description=description,
-                label=label,
-            )
-            return SaveResult(success=True, version=version, source="storage")
+            for attempt in range(1, _MERGE_ATTEMPTS + 1):
+                try:
+                    return self._save_once(key, layout, change_type, description, label)
+                except _LostRace as lost:
+                    # Our cached view was stale or another writer won the race: read the
+                    # store again and merge; the base stays what the caller last saw.
+                    if attempt == _MERGE_ATTEMPTS:
+                        raise lost.conflict from None
+                    self._sleep(random.uniform(0, attempt * _MERGE_BACKOFF))  # noqa: S311
+            raise AssertionError("unreachable")
 
     def load_layout(self, user_id: str, *, layout_id: str = "default") -> DocT | None:
         """Return the user's current document, or ``None`` if there is none.
@@ -236,7 +244,7 @@ class PersistenceManager(Generic[DocT]):
             try:
                 self._retry(lambda: self._storage.delete(key))
             finally:
-                self._cache.invalidate(key)
+                invalidate_everywhere(self._storage, key)
                 self._bases.pop(key, None)
 
     def clone_layout(
@@ -341,15 +349,18 @@ class PersistenceManager(Generic[DocT]):
             document = self._codec.encode(
                 key, model, previous=None if current is None else current.document
             )
-            self._commit(
-                key,
-                current,
-                document,
-                checksum(document),
-                change_type="rollback",
-                description=f"Rollback to version {version}",
-                label=None,
-            )
+            try:
+                self._commit(
+                    key,
+                    current,
+                    document,
+                    checksum(document),
+                    change_type="rollback",
+                    description=f"Rollback to version {version}",
+                    label=None,
+                )
+            except _LostRace as lost:
+                raise lost.conflict from None
         return model
 
     def cleanup_old_versions(self, user_id: str, *, keep: int, layout_id: str = "default") -> int:
@@ -483,8 +494,93 @@ class PersistenceManager(Generic[DocT]):
             updated_at=record.created_at,
             schema_version=record.schema_version,
         )
+        invalidate_everywhere(self._storage, key)
         self._cache.put(key, _Cached(stored))
         return version
+
+    def _save_once(
+        self,
+        key: DocumentKey,
+        layout: DocT | JsonObject,
+        change_type: ChangeType,
+        description: str | None,
+        label: str | None,
+    ) -> SaveResult:
+        current = self._read(key)
+        actual = None if current is None else current.version
+        base = self._bases.get(key, actual)
+        if base != actual:
+            if not self._config.enable_conflict_resolution or current is None or base is None:
+                raise ConflictError(key, expected_version=base, actual_version=actual)
+            return self._merge_and_commit(key, layout, base, current, label)
+        document = self._codec.encode(
+            key, layout, previous=None if current is None else current.document
+        )
+        digest = checksum(document)
+        if current is not None and current.checksum == digest:
+            self._bases[key] = current.version
+            return SaveResult(success=True, version=current.version, source="unchanged")
+        if description is None and change_type == "auto" and current is not None:
+            description = summarize(describe_changes(current.document, document))
+        version = self._commit(
+            key,
+            current,
+            document,
+            digest,
+            change_type=change_type,
+            description=description,
+            label=label,
+        )
+        return SaveResult(success=True, version=version, source="storage")
+
+    def _merge_and_commit(
+        self,
+        key: DocumentKey,
+        layout: DocT | JsonObject,
+        base_version: int,
+        current: StoredDocument,
+        label: str | None,
+    ) -> SaveResult:
+        try:
+            base, _ = self._retry(lambda: self._versions.get_document(key, base_version))
+        except NotFoundError as exc:
+            raise ConflictError(
+                key,
+                expected_version=base_version,
+                actual_version=current.version,
+                message=f"{key} moved on from version {base_version} to {current.version}, "
+                f"and version {base_version} is no longer in history to merge from",
+            ) from exc
+        # Encrypting against the base keeps the base's ciphertext for secrets this save
+        # did not change, so the merge sees no change there.
+        local = self._codec.encode(key, layout, previous=base)
+        result = self._resolver.resolve(
+            base, local, current.document, local_time=self._clock(), remote_time=current.updated_at
+        )
+        merged = result.layout
+        # The merged document must pass validation like any save.
+        self._codec.validator.check_json(self._codec.plain(key, merged, current.schema_version))
+        digest = checksum(merged)
+        if digest == current.checksum:
+            self._bases[key] = current.version
+            return SaveResult(
+                success=True, version=current.version, source="unchanged", merge=result
+            )
+        description = f"Merged with version {current.version}"
+        if result.conflicts:
+            description += f"; {len(result.conflicts)} conflict(s) at " + ", ".join(
+                c.path for c in result.conflicts[:5]
+            )
+        version = self._commit(
+            key,
+            current,
+            copy_json(merged),
+            digest,
+            change_type="conflict_resolution",
+            description=description,
+            label=label,
+        )
+        return SaveResult(success=True, version=version, source="storage", merge=result)
 
     def _commit(
         self,
@@ -508,9 +604,14 @@ class PersistenceManager(Generic[DocT]):
             schema_version=self._codec.migrator.current_version,
             document_checksum=digest,
         )
-        version = self._write(
-            key, document, record, expected_version=None if current is None else current.version
-        )
+        try:
+            version = self._write(
+                key, document, record, expected_version=None if current is None else current.version
+            )
+        except ConflictError as exc:
+            if self._config.enable_conflict_resolution:
+                raise _LostRace(exc) from exc
+            raise
         self._bases[key] = version
         keep = self._config.max_versions if self._config.enable_versioning else 1
         # Trim in batches of a tenth of max_versions: each trim rebuilds a keyframe.

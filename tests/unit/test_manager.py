@@ -264,14 +264,32 @@ def test_retries_stop_after_the_configured_attempts() -> None:
 
 def test_non_transient_errors_are_not_retried() -> None:
     sleeps: list[float] = []
-    inner = MemoryStorage()
     storage = FailingStorage(
-        inner,
+        MemoryStorage(),
+        fail_on="write",
+        times=1,
+        error=lambda: ValidationError([]),
+    )
+    manager = PersistenceManager(storage, sleep=sleeps.append)
+
+    with pytest.raises(ValidationError):
+        manager.save_layout("alice", sample())
+
+    assert storage.calls["write"] == 1
+    assert sleeps == []
+
+
+def test_a_lost_race_is_refused_when_conflict_resolution_is_off() -> None:
+    sleeps: list[float] = []
+    storage = FailingStorage(
+        MemoryStorage(),
         fail_on="write",
         times=1,
         error=lambda: ConflictError(DocumentKey("alice"), expected_version=None, actual_version=1),
     )
-    manager = PersistenceManager(storage, sleep=sleeps.append)
+    manager = PersistenceManager(
+        storage, sleep=sleeps.append, config=PersistenceConfig(enable_conflict_resolution=False)
+    )
 
     with pytest.raises(ConflictError):
         manager.save_layout("alice", sample())
