@@ -57,10 +57,20 @@ def main() -> None:
 
         on_phone = phone.load_layout(user)
         assert on_phone is not None
-        laptop.save_layout(user, layout.update_widget("churn", x=0, y=4), immediate=True)
-        print("3. The laptop moved 'Churn' while the phone, still on version 1, renamed")
-        print("   'Deals'. The phone's save merges instead of overwriting:")
-        merged = phone.save_layout(user, on_phone.update_widget("deals", title="Open deals"))
+        dragged = layout
+        for step in range(1, 21):  # a drag: 20 change events in a second
+            dragged = dragged.update_widget("churn", x=6 - step % 7, y=step % 5)
+            queued = laptop.save_layout(user, dragged)  # autosave: returns at once
+        dragged = dragged.update_widget("churn", x=0, y=4)
+        laptop.save_layout(user, dragged)
+        written = laptop.flush()  # also done by close() and at interpreter exit
+        print(f"3. The laptop dragged 'Churn' through 21 positions ({queued.source!r} each);")
+        print(f"   autosave wrote {len(written)} version: v{written[0].version}.")
+        print("4. The phone, still on version 1, renamed 'Deals'. Its save merges instead")
+        print("   of overwriting the laptop's change:")
+        merged = phone.save_layout(
+            user, on_phone.update_widget("deals", title="Open deals"), immediate=True
+        )
         assert merged.merge is not None
         print(f"   version {merged.version}, {len(merged.merge.conflicts)} conflicts.")
 
@@ -68,10 +78,14 @@ def main() -> None:
         on_laptop = laptop.load_layout(user)
         assert on_phone is not None
         assert on_laptop is not None
-        laptop.save_layout(user, on_laptop.update_widget("revenue", title="Revenue (EUR)"))
-        both = phone.save_layout(user, on_phone.update_widget("revenue", title="Revenue (USD)"))
+        laptop.save_layout(
+            user, on_laptop.update_widget("revenue", title="Revenue (EUR)"), immediate=True
+        )
+        both = phone.save_layout(
+            user, on_phone.update_widget("revenue", title="Revenue (USD)"), immediate=True
+        )
         assert both.merge is not None
-        print("4. Both devices retitled 'Revenue'. The merge reports it and keeps both values:")
+        print("5. Both devices retitled 'Revenue'. The merge reports it and keeps both values:")
         for conflict in both.merge.conflicts:
             print(
                 f"   {conflict.path}: laptop={conflict.remote!r}, phone={conflict.local!r}"
@@ -79,13 +93,13 @@ def main() -> None:
             )
 
         diff = laptop.compare_versions(user, 1, both.version or 1)
-        print(f"5. From version 1 to {both.version}: {diff.summary}")
+        print(f"6. From version 1 to {both.version}: {diff.summary}")
         print(f"   as RFC 6902: {len(diff.patch)} operations, e.g. {diff.patch[0]}")
 
         restored = laptop.rollback_to_version(user, 1)
         history = laptop.get_version_history(user)
         print(
-            f"6. Rolled back to version 1's content as version {history[0].version}"
+            f"7. Rolled back to version 1's content as version {history[0].version}"
             f" ('{restored.widget('revenue').title}'); history keeps every version:"
         )
         for info in history:
@@ -96,9 +110,7 @@ def main() -> None:
         on_disk = _store_bytes(url)
         if on_disk is not None:
             found = secret.encode() in on_disk
-            print(
-                f"7. The API key is encrypted (AES-256-GCM): plaintext in the store files: {found}."
-            )
+            print(f"8. The API key is encrypted (AES-256-GCM); plaintext in the store: {found}.")
         loaded = laptop.load_layout(user)
         assert loaded is not None
         assert loaded.widget("revenue").settings["api_key"] == secret
@@ -106,7 +118,7 @@ def main() -> None:
 
         report = laptop.verify(user)
         print(
-            f"8. verify(): {report.versions_checked} versions, checksums and hash chain "
+            f"9. verify(): {report.versions_checked} versions, checksums and hash chain "
             f"{'intact' if report.ok else 'BROKEN'}."
         )
 

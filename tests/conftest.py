@@ -66,6 +66,25 @@ def backend_params(names: list[str]) -> list[object]:
     return [pytest.param(name, marks=_marks(name), id=name) for name in sorted(names)]
 
 
+@pytest.fixture(autouse=True)
+def _isolated_user_data(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keep default stores and outboxes out of the real user data folder."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+
+
+@pytest.fixture(autouse=True)
+def _close_managers() -> Iterator[None]:
+    """Close the managers a test left open, so their threads end and queued saves surface."""
+    from dashpersist.manager import _LIVE_MANAGERS
+
+    before = set(_LIVE_MANAGERS)
+    yield
+    for manager in set(_LIVE_MANAGERS) - before:
+        manager.close()
+
+
 @pytest.fixture(params=backend_params(list(BACKENDS)))
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
     """Each backend in turn, empty, closed after the test."""

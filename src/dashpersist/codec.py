@@ -41,30 +41,37 @@ class DocumentCodec(Generic[DocT]):
         # A frozen model (like Layout) can be handed to every reader; others are copied.
         self.shares_models = bool(schema.model_config.get("frozen"))
 
+    def validate(self, document: DocT | JsonObject) -> JsonObject:
+        """Return *document* validated as plain JSON that shares nothing with the input.
+
+        Raises `ValidationError` (limits, schema, hostile values), before any storage work.
+        """
+        if isinstance(document, pydantic.BaseModel):
+            # A fresh dump: nobody else holds it.
+            return self.validator.check_json(cast(JsonObject, document.model_dump(mode="json")))
+        # check_json shares unchanged parts with its input, and the caller may go on
+        # changing its dict: keep a copy of our own.
+        return copy_json(self.validator.check_json(document))
+
+    def encrypt(
+        self, key: DocumentKey, plain: JsonObject, *, previous: JsonObject | None
+    ) -> JsonObject:
+        """Return the stored form of validated *plain*: chosen fields encrypted.
+
+        *previous* is the stored form of the version this write follows, so an unchanged
+        secret keeps its ciphertext. Raises `DecryptionError` for a foreign ciphertext.
+        """
+        if self.encryptor is None:
+            return plain
+        return self.encryptor.encrypt_document(
+            plain, user_id=key.user_id, layout_id=key.layout_id, previous=previous
+        )
+
     def encode(
         self, key: DocumentKey, document: DocT | JsonObject, *, previous: JsonObject | None
     ) -> JsonObject:
-        """Return the stored form of *document*: validated, with chosen fields encrypted.
-
-        The result shares nothing with *document*. *previous* is the stored form of the
-        current version, so an unchanged secret keeps its ciphertext. Raises
-        `ValidationError` and `DecryptionError` (a foreign ciphertext passed in).
-        """
-        plain = (
-            cast(JsonObject, document.model_dump(mode="json"))
-            if isinstance(document, pydantic.BaseModel)
-            else document
-        )
-        checked = self.validator.check_json(plain)
-        if self.encryptor is not None:
-            checked = self.encryptor.encrypt_document(
-                checked, user_id=key.user_id, layout_id=key.layout_id, previous=previous
-            )
-        if isinstance(document, pydantic.BaseModel):
-            return checked  # built from a fresh dump: nobody else holds it
-        # check_json and encryption share unchanged parts with their input, and the caller
-        # may go on changing its dict: the stored form gets its own copy.
-        return copy_json(checked)
+        """Return the stored form of *document*: validated, then encrypted."""
+        return self.encrypt(key, self.validate(document), previous=previous)
 
     def plain(self, key: DocumentKey, stored: JsonObject, schema_version: int) -> JsonObject:
         """Return the stored form decrypted and upgraded to the current schema."""

@@ -47,6 +47,10 @@ class PersistenceConfig(BaseModel):
     allow_unknown_widget_types: bool = True
     """Accept widgets whose type has no registered settings model (their settings are then
     any JSON object); ``False`` refuses them."""
+    outbox_probe_interval: float = Field(5.0, gt=0)
+    """Seconds between background attempts to replay the outbox while entries wait."""
+    outbox_probe_max_interval: float = Field(60.0, gt=0)
+    """Longest wait between replay attempts while storage stays down (backoff doubles)."""
     outbox_dir: Path | None = None
     """Folder of the durable offline outbox; ``None``: a per-store user data folder."""
     cache_ttl: float = Field(300.0, ge=0)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import itertools
+import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import platformdirs
 import pydantic
@@ -18,6 +23,7 @@ from typing_extensions import TypeVar as TypeVarWithDefault
 
 from dashpersist._canonical import checksum, copy_json
 from dashpersist._retry import call_with_retries
+from dashpersist.autosave import AutosaveQueue
 from dashpersist.cache import ReadCache, invalidate_everywhere, register_cache
 from dashpersist.changes import LayoutDiff, describe_changes, summarize
 from dashpersist.codec import DocumentCodec
@@ -26,17 +32,23 @@ from dashpersist.encryption import FieldEncryptor, KeyRing
 from dashpersist.errors import (
     ConfigurationError,
     ConflictError,
+    DashPersistError,
     ManagerClosedError,
     NotFoundError,
+    OutboxBlockedError,
+    StorageUnavailableError,
     ValidationError,
     ValidationIssue,
 )
+from dashpersist.events import ChangeEvent, EventBus, EventKind, Subscriber, Unsubscribe
 from dashpersist.merge import ConflictResolver
 from dashpersist.migrations import SchemaMigrator, Upcast, schema_version_of
-from dashpersist.models import Layout, SaveResult, VersionInfo
+from dashpersist.models import Layout, SaveResult, SyncResult, VersionInfo
+from dashpersist.outbox import Outbox, OutboxEntry
 from dashpersist.patch import make_patch
 from dashpersist.storage.protocol import DocumentKey, Storage, StoredDocument, VersionRecord
 from dashpersist.storage.urls import open_storage
+from dashpersist.sync import ReplayReport, Synchronizer
 from dashpersist.types import ChangeType, JsonObject
 from dashpersist.validation import ValidationReport, Validator, raise_validation_error
 from dashpersist.versions import IntegrityReport, VersionService
@@ -45,6 +57,7 @@ __all__ = ["PersistenceManager", "default_store_url"]
 
 DocT = TypeVarWithDefault("DocT", bound=pydantic.BaseModel, default=Layout)
 T = TypeVar("T")
+_LOG = logging.getLogger(__name__)
 
 _MERGE_ATTEMPTS = 10
 """Rounds of read-merge-write a save tries before giving up to a document that keeps moving."""
@@ -70,6 +83,58 @@ class _LostRace(Exception):  # noqa: N818 - internal signal, never escapes the m
     def __init__(self, conflict: ConflictError) -> None:
         super().__init__(str(conflict))
         self.conflict = conflict
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A validated save on its way to storage; ``sequence`` orders saves of one manager."""
+
+    plain: JsonObject
+    change_type: ChangeType
+    description: str | None
+    label: str | None
+    sequence: int
+    queued: bool = False
+
+
+_LIVE_MANAGERS: weakref.WeakSet[PersistenceManager[Any]] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_managers() -> None:
+    # Queued autosaves are written at interpreter exit, on this thread: no new threads
+    # or executors, which would fail this late.
+    for manager in list(_LIVE_MANAGERS):
+        try:
+            manager.close()
+        except Exception:  # noqa: BLE001 - one manager failing must not stop the others
+            _LOG.exception("could not write queued saves at exit")
+
+
+def _outbox_folder(
+    config: PersistenceConfig, store: str | Storage | None, storage: Storage
+) -> Path | None:
+    """Return the outbox folder of a store: configured, or one per store identity."""
+    if config.outbox_dir is not None:
+        return config.outbox_dir
+    identity = store if isinstance(store, str) else _identity(storage)
+    if store is None:
+        identity = default_store_url()
+    if identity is None:
+        return None
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:24]
+    return Path(platformdirs.user_data_dir("dashpersist", appauthor=False)) / "outbox" / digest
+
+
+def _identity(storage: Storage) -> str | None:
+    """Return a stable name of a storage object's data, or ``None`` if it has none."""
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        return str(engine.url.render_as_string(hide_password=True))
+    root = getattr(storage, "root", None)
+    if isinstance(root, Path):
+        return f"jsonfile://{root.resolve()}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +164,8 @@ class PersistenceManager(Generic[DocT]):
         keyring: KeyRing | None = None,
         clock: Callable[[], datetime] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        timer: Callable[[], float] = time.monotonic,
+        start_threads: bool = True,
     ) -> None:
         self._owns_storage = store is None or isinstance(store, str)
         self._storage: Storage = (
@@ -130,9 +197,27 @@ class PersistenceManager(Generic[DocT]):
         )
         register_cache(self._storage, self._cache)
         self._bases: dict[DocumentKey, int] = {}
-        self._key_locks: dict[DocumentKey, threading.Lock] = {}
+        self._key_locks: dict[DocumentKey, threading.RLock] = {}
         self._locks_guard = threading.Lock()
         self._closed = False
+        self._events = EventBus()
+        self._sequence = itertools.count()
+        self._written: dict[DocumentKey, int] = {}
+        self._start_threads = start_threads
+        self._autosave: AutosaveQueue[DocumentKey, _Pending, SaveResult] = AutosaveQueue(
+            self._write_queued,
+            delay=self._config.auto_save_delay,
+            max_wait=self._config.auto_save_max_wait,
+            clock=timer,
+            on_error=self._on_autosave_error,
+            start_worker=start_threads,
+        )
+        self._outbox_folder = _outbox_folder(self._config, store, self._storage)
+        self._sync: Synchronizer | None = None
+        if self._outbox_folder is not None and self._outbox_folder.exists():
+            # Writes parked by an earlier run: load them, so reads see them and they replay.
+            self._sync = self._new_synchronizer(self._outbox_folder)
+        _LIVE_MANAGERS.add(self)
 
     # -- configuration -------------------------------------------------------------------
 
@@ -191,33 +276,49 @@ class PersistenceManager(Generic[DocT]):
         on ``SaveResult.merge``; with ``enable_conflict_resolution=False``, or when the
         base is no longer in history, it raises `ConflictError` instead. A save equal to
         the stored document writes nothing and returns ``source="unchanged"``. Raises
-        `ValidationError` (nothing written) and `StorageError` subclasses when the store
-        fails after bounded retries. ``immediate`` is accepted for forward compatibility:
-        every save is written at once.
+        `ValidationError` at once, before anything is queued or written.
+
+        With ``auto_save`` on and ``immediate=False`` the save is queued and returns at
+        once with ``source="queued"``: it is written ``auto_save_delay`` seconds after the
+        document's last edit (never later than ``auto_save_max_wait`` after its first
+        unwritten one), and `flush`, `close` or interpreter exit write it at once. A queued
+        edit may be lost to SIGKILL (or default SIGTERM) within that window; an
+        ``immediate=True`` save, and everything `flush` or `close` returned for, is
+        durable. When storage stays unreachable through the bounded retries, the save is
+        parked in the durable outbox and returns ``source="outbox"``; it is replayed, in
+        order and exactly once, by `sync`, the next successful write, or the background
+        probe. Other storage errors raise `StorageError` subclasses.
         """
         self._check_open()
         key = _key(user_id, layout_id)
-        with self._lock_for(key):
-            for attempt in range(1, _MERGE_ATTEMPTS + 1):
-                try:
-                    return self._save_once(key, layout, change_type, description, label)
-                except _LostRace as lost:
-                    # Our cached view was stale or another writer won the race: read the
-                    # store again and merge; the base stays what the caller last saw.
-                    if attempt == _MERGE_ATTEMPTS:
-                        raise lost.conflict from None
-                    self._sleep(random.uniform(0, attempt * _MERGE_BACKOFF))  # noqa: S311
-            raise AssertionError("unreachable")
+        pending = _Pending(
+            self._codec.validate(layout), change_type, description, label, next(self._sequence)
+        )
+        if not immediate and self._config.auto_save:
+            self._autosave.put(key, replace(pending, queued=True))
+            self._emit("queued", key, None)
+            return SaveResult(success=True, version=None, source="queued")
+        # This save is newer than anything queued for the document: it supersedes it.
+        self._autosave.discard(key)
+        return self._store(key, pending)
 
     def load_layout(self, user_id: str, *, layout_id: str = "default") -> DocT | None:
         """Return the user's current document, or ``None`` if there is none.
 
         Loading makes its version this manager's base for the next save of the document.
+        A save of this manager not yet in storage (queued for autosave, or waiting in the
+        outbox) is what it returns: callers read their own writes.
         Frozen document models (like `Layout`) are shared between callers, since nobody
         can change them; other models are built afresh for every call.
         """
         self._check_open()
         key = _key(user_id, layout_id)
+        queued = self._autosave.pending(key)
+        if queued is not None:
+            return self._codec.to_model(queued.plain)
+        parked = self._parked(key)
+        if parked is not None:
+            return self._codec.decode(key, parked.document, self._codec.migrator.current_version)
         entry = self._cache.get(key)
         if entry is not None and entry.model is not None and self._codec.shares_models:
             self._bases[key] = entry.stored.version
@@ -416,19 +517,128 @@ class PersistenceManager(Generic[DocT]):
     # -- lifecycle -----------------------------------------------------------------------
 
     def flush(self) -> list[SaveResult]:
-        """Write every pending save now and return their results (none are pending yet)."""
+        """Write every queued save now, on this thread; return their results.
+
+        When it returns, every save queued before the call is in storage or in the
+        durable outbox. If a write fails, every other queued save is still attempted, the
+        failed one stays queued, and the first error is raised.
+        """
         self._check_open()
-        return []
+        return self._autosave.flush()
 
     def close(self) -> None:
-        """Flush, then release the store if this manager opened it; idempotent."""
+        """Flush, stop background work, and release the store if this manager opened it.
+
+        Idempotent. If the flush raises, the manager stays open so that nothing queued is
+        dropped: fix the cause and call `close` again.
+        """
         if self._closed:
             return
-        self.flush()
+        self._autosave.close()
         self._closed = True
+        if self._sync is not None:
+            self._sync.close()
         self._cache.clear()
+        _LIVE_MANAGERS.discard(self)
         if self._owns_storage:
             self._storage.close()
+
+    def tick(self) -> list[SaveResult]:
+        """Write the queued saves that are due, for hosts that run without background threads
+        (``start_threads=False``) and drive time themselves; return their results."""
+        self._check_open()
+        return self._autosave.run_due()
+
+    @property
+    def has_pending_writes(self) -> bool:
+        """Whether saves are queued for autosave or waiting in the outbox."""
+        return self._autosave.has_pending_writes or (
+            self._sync is not None and self._sync.has_pending()
+        )
+
+    # -- sync and the outbox -------------------------------------------------------------
+
+    def sync(self, user_id: str, *, layout_id: str = "default") -> SyncResult:
+        """Bring one document up to date with the store, in both directions.
+
+        Replays this manager's outbox entries for it (in order, exactly once), writes its
+        queued autosave, then pulls the stored version (merging where needed) and makes
+        it the base of the next save. Raises `StorageUnavailableError` while the store is
+        unreachable (nothing is lost: entries stay) and `OutboxBlockedError` when the
+        store refuses an entry for good.
+        """
+        self._check_open()
+        key = _key(user_id, layout_id)
+        before = self._bases.get(key)
+        with self._lock_for(key):
+            report = self._replay(key)
+            queued = self._autosave.discard(key)
+            saved = None if queued is None else self._store(key, queued)
+            if saved is not None and saved.source == "outbox":
+                raise StorageUnavailableError(
+                    f"{key}: the store is unreachable; kept in the outbox"
+                )
+            self._cache.invalidate(key)
+            current = self._read(key)
+            version = None if current is None else current.version
+            if version is not None:
+                self._bases[key] = version
+        return SyncResult(
+            version=version,
+            replayed=report.replayed,
+            pushed=saved,
+            changed=version != before,
+        )
+
+    def outbox_entries(self) -> list[OutboxEntry]:
+        """Return the writes waiting in the outbox, oldest first per document."""
+        self._check_open()
+        return [] if self._sync is None else self._sync.outbox.entries()
+
+    def blocked_outbox_entries(self) -> list[tuple[OutboxEntry, str]]:
+        """Return the outbox entries the store refused for good, with the reason."""
+        self._check_open()
+        return [] if self._sync is None else self._sync.outbox.blocked()
+
+    def replay_outbox(self) -> int:
+        """Replay every document's outbox entries now; return how many reached storage.
+
+        Blocked documents are skipped (see `blocked_outbox_entries`); raises
+        `StorageUnavailableError` while the store is unreachable.
+        """
+        self._check_open()
+        replayed = 0
+        for key in [] if self._sync is None else self._sync.pending_keys():
+            with self._lock_for(key):
+                try:
+                    replayed += self._replay(key).replayed
+                except OutboxBlockedError:
+                    continue
+        return replayed
+
+    def export_outbox_entry(self, entry_id: str) -> JsonObject:
+        """Return an outbox entry as plain JSON, for a person to inspect or keep."""
+        self._check_open()
+        if self._sync is None:
+            raise NotFoundError(f"no outbox entry {entry_id}")
+        return self._sync.outbox.export(entry_id)
+
+    def discard_outbox_entry(self, entry_id: str) -> OutboxEntry:
+        """Remove an outbox entry for good (export it first); its document's queue goes on."""
+        self._check_open()
+        if self._sync is None:
+            raise NotFoundError(f"no outbox entry {entry_id}")
+        return self._sync.discard(entry_id)
+
+    # -- events --------------------------------------------------------------------------
+
+    def subscribe(self, callback: Subscriber) -> Unsubscribe:
+        """Call *callback* with a `ChangeEvent` for every change this manager makes:
+        ``saved``, ``queued``, ``merged``, ``rolled_back``, ``deleted``, ``outbox_stored``,
+        ``outbox_replayed``, ``outbox_blocked`` and ``save_failed``. Returns a function
+        that unsubscribes. Callbacks run synchronously on the thread that made the
+        change; one that raises is logged and skipped."""
+        return self._events.subscribe(callback)
 
     @property
     def is_closed(self) -> bool:
@@ -452,9 +662,9 @@ class PersistenceManager(Generic[DocT]):
         if self._closed:
             raise ManagerClosedError("this PersistenceManager is closed")
 
-    def _lock_for(self, key: DocumentKey) -> threading.Lock:
+    def _lock_for(self, key: DocumentKey) -> threading.RLock:
         with self._locks_guard:
-            return self._key_locks.setdefault(key, threading.Lock())
+            return self._key_locks.setdefault(key, threading.RLock())
 
     def _retry(self, operation: Callable[[], T]) -> T:
         return call_with_retries(operation, self._config, sleep=self._sleep)
@@ -498,23 +708,54 @@ class PersistenceManager(Generic[DocT]):
         self._cache.put(key, _Cached(stored))
         return version
 
-    def _save_once(
-        self,
-        key: DocumentKey,
-        layout: DocT | JsonObject,
-        change_type: ChangeType,
-        description: str | None,
-        label: str | None,
-    ) -> SaveResult:
+    def _store(self, key: DocumentKey, pending: _Pending) -> SaveResult:
+        """Write a validated save now (from the caller or the autosave worker); park it in
+        the outbox when storage stays unreachable."""
+        with self._lock_for(key):
+            if pending.queued and pending.sequence < self._written.get(key, -1):
+                # A newer save of this document was written already (an immediate save
+                # overtook this queued one): writing this one would resurrect old state.
+                return SaveResult(success=True, version=self._bases.get(key), source="unchanged")
+            self._written[key] = max(pending.sequence, self._written.get(key, -1))
+            try:
+                self._replay(key)
+                result = self._save_with_merges(key, pending)
+            except StorageUnavailableError as exc:
+                return self._park(key, pending, exc)
+            except OutboxBlockedError as exc:
+                # Order per document must hold: this save waits behind the blocked entry.
+                return self._park(key, pending, exc)
+            except DashPersistError as exc:
+                self._emit("save_failed", key, None, error=exc)
+                raise
+        kind: EventKind = "merged" if result.merge is not None else "saved"
+        if result.source != "unchanged":
+            self._emit(kind, key, result.version)
+        return result
+
+    def _save_with_merges(self, key: DocumentKey, pending: _Pending) -> SaveResult:
+        for attempt in range(1, _MERGE_ATTEMPTS + 1):
+            try:
+                return self._save_once(key, pending)
+            except _LostRace as lost:
+                # Our cached view was stale or another writer won the race: read the store
+                # again and merge; the base stays what the caller last saw.
+                if attempt == _MERGE_ATTEMPTS:
+                    raise lost.conflict from None
+                self._sleep(random.uniform(0, attempt * _MERGE_BACKOFF))  # noqa: S311
+        raise AssertionError("unreachable")
+
+    def _save_once(self, key: DocumentKey, pending: _Pending) -> SaveResult:
+        change_type, description, label = pending.change_type, pending.description, pending.label
         current = self._read(key)
         actual = None if current is None else current.version
         base = self._bases.get(key, actual)
         if base != actual:
             if not self._config.enable_conflict_resolution or current is None or base is None:
                 raise ConflictError(key, expected_version=base, actual_version=actual)
-            return self._merge_and_commit(key, layout, base, current, label)
-        document = self._codec.encode(
-            key, layout, previous=None if current is None else current.document
+            return self._merge_and_commit(key, pending.plain, base, current, label)
+        document = self._codec.encrypt(
+            key, pending.plain, previous=None if current is None else current.document
         )
         digest = checksum(document)
         if current is not None and current.checksum == digest:
@@ -536,7 +777,7 @@ class PersistenceManager(Generic[DocT]):
     def _merge_and_commit(
         self,
         key: DocumentKey,
-        layout: DocT | JsonObject,
+        plain: JsonObject,
         base_version: int,
         current: StoredDocument,
         label: str | None,
@@ -553,7 +794,7 @@ class PersistenceManager(Generic[DocT]):
             ) from exc
         # Encrypting against the base keeps the base's ciphertext for secrets this save
         # did not change, so the merge sees no change there.
-        local = self._codec.encode(key, layout, previous=base)
+        local = self._codec.encrypt(key, plain, previous=base)
         result = self._resolver.resolve(
             base, local, current.document, local_time=self._clock(), remote_time=current.updated_at
         )
@@ -592,6 +833,8 @@ class PersistenceManager(Generic[DocT]):
         change_type: ChangeType,
         description: str | None,
         label: str | None,
+        idempotency_key: str | None = None,
+        device_id: str | None = None,
     ) -> int:
         """Write *document* over *current* with its history record; apply retention."""
         record = self._versions.record_for(
@@ -599,8 +842,9 @@ class PersistenceManager(Generic[DocT]):
             document,
             change_type=change_type,
             description=description,
-            device_id=self._device_id,
+            device_id=device_id or self._device_id,
             label=label,
+            idempotency_key=idempotency_key,
             schema_version=self._codec.migrator.current_version,
             document_checksum=digest,
         )
@@ -619,6 +863,131 @@ class PersistenceManager(Generic[DocT]):
         if version > keep and (version - keep) % batch == 0:
             self._retry(lambda: self._versions.apply_retention(key, keep=keep))
         return version
+
+    def _write_queued(self, key: DocumentKey, pending: _Pending) -> SaveResult:
+        """The autosave worker's write (also `flush`'s)."""
+        if pending.description is None and pending.change_type == "manual":
+            pending = replace(pending, change_type="auto")
+        return self._store(key, pending)
+
+    def _on_autosave_error(self, key: DocumentKey, error: BaseException) -> None:
+        if isinstance(error, Exception):
+            self._emit("save_failed", key, None, error=error)
+
+    def _park(self, key: DocumentKey, pending: _Pending, cause: DashPersistError) -> SaveResult:
+        """Keep a save that storage cannot take now in the durable outbox."""
+        sync = self._synchronizer(create=True)
+        if sync is None:
+            self._emit("save_failed", key, None, error=cause)
+            raise cause
+        cached = self._cache.get(key)
+        previous = None if cached is None else cached.stored.document
+        newest = sync.newest(key)
+        entry = OutboxEntry.create(
+            key,
+            self._codec.encrypt(key, pending.plain, previous=previous),
+            base_version=self._bases.get(key, None if cached is None else cached.stored.version)
+            if newest is None
+            else newest.base_version,
+            change_type=pending.change_type,
+            description=pending.description,
+            device_id=self._device_id,
+            label=pending.label,
+            created_at=self._clock(),
+        )
+        sync.park(entry)
+        self._emit("outbox_stored", key, None, error=cause)
+        return SaveResult(success=True, version=None, source="outbox", error=cause)
+
+    def _parked(self, key: DocumentKey) -> OutboxEntry | None:
+        return None if self._sync is None else self._sync.newest(key)
+
+    def _replay(self, key: DocumentKey) -> ReplayReport:
+        """Replay *key*'s outbox entries (the caller holds the document lock)."""
+        if self._sync is None or not self._sync.has_pending(key):
+            return ReplayReport()
+        return self._sync.replay(key)
+
+    def _replay_everything(self) -> None:
+        """The probe's pass over every document with entries waiting."""
+        if self._closed:
+            return
+        for key in [] if self._sync is None else self._sync.pending_keys():
+            with self._lock_for(key):
+                try:
+                    self._replay(key)
+                except OutboxBlockedError:
+                    continue
+
+    def _commit_entry(self, entry: OutboxEntry) -> int:
+        """Write one outbox entry, merging with whatever the store holds now."""
+        key = entry.key
+        for attempt in range(1, _MERGE_ATTEMPTS + 1):
+            self._cache.invalidate(key)
+            current = self._read(key)
+            document = entry.document
+            change_type: ChangeType = entry.change_type
+            description = entry.description
+            if current is not None and current.version != entry.base_version:
+                base: JsonObject = {}
+                if entry.base_version is not None:
+                    base, _ = self._retry(
+                        lambda: self._versions.get_document(key, entry.base_version or 0)
+                    )
+                result = self._resolver.resolve(base, document, current.document)
+                document = copy_json(result.layout)
+                change_type = "sync"
+                description = f"Offline edit merged with version {current.version}"
+            digest = checksum(document)
+            try:
+                return self._commit(
+                    key,
+                    current,
+                    document,
+                    digest,
+                    change_type=change_type,
+                    description=description,
+                    label=entry.label,
+                    idempotency_key=entry.entry_id,
+                    device_id=entry.device_id,
+                )
+            except _LostRace as lost:
+                if attempt == _MERGE_ATTEMPTS:
+                    raise lost.conflict from None
+        raise AssertionError("unreachable")
+
+    def _synchronizer(self, *, create: bool) -> Synchronizer | None:
+        if self._sync is None and create and self._outbox_folder is not None:
+            self._sync = self._new_synchronizer(self._outbox_folder)
+        return self._sync
+
+    def _new_synchronizer(self, folder: Path) -> Synchronizer:
+        sync = Synchronizer(
+            Outbox(folder),
+            self._storage,
+            self._commit_entry,
+            on_replayed=lambda entry, version: self._emit("outbox_replayed", entry.key, version),
+            on_blocked=lambda entry, exc: self._emit("outbox_blocked", entry.key, None, error=exc),
+        )
+        if self._start_threads:
+            sync.start_probe(
+                self._replay_everything,
+                interval=self._config.outbox_probe_interval,
+                max_interval=self._config.outbox_probe_max_interval,
+            )
+        return sync
+
+    def _emit(
+        self,
+        kind: EventKind,
+        key: DocumentKey,
+        version: int | None,
+        *,
+        error: Exception | None = None,
+    ) -> None:
+        self._events.emit(
+            ChangeEvent(kind, key.user_id, key.layout_id, version, self._device_id, error=error)
+        )
 
     def _upgraded_version(self, key: DocumentKey, version: int) -> JsonObject:
         document, record = self._retry(lambda: self._versions.get_document(key, version))

@@ -35,6 +35,7 @@ __all__ = [
     "Layout",
     "SaveResult",
     "StoredLayoutInfo",
+    "SyncResult",
     "VersionInfo",
     "Widget",
     "WidgetId",
@@ -183,6 +184,22 @@ class SaveResult:
     source: SaveSource
     error: DashPersistError | None = None
     merge: Any = None  # a MergeResult when the save was merged with a newer version
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """What `PersistenceManager.sync` did to one document.
+
+    ``version`` is the version the store holds now (``None``: no document); ``replayed``
+    counts outbox entries that reached storage; ``pushed`` is the result of writing the
+    queued autosave, if one was waiting; ``changed`` says whether the version differs
+    from the one this manager knew before.
+    """
+
+    version: int | None
+    replayed: int = 0
+    pushed: SaveResult | None = None
+    changed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ def board(revision: int, widgets: int = 4) -> Layout:
 
 
 def manager_for(storage: Storage, **settings: object) -> PersistenceManager:
+    settings.setdefault("auto_save", False)  # these tests are about what history holds
     return PersistenceManager(
         storage, device_id="laptop", config=PersistenceConfig.model_validate(settings)
     )
@@ -244,10 +245,11 @@ def test_old_versions_upgrade_through_registered_migrations(storage: Storage) ->
     def v1_to_v2(document: JsonObject) -> JsonObject:
         return {"color": document["colour"], "dense": False}
 
-    old = PersistenceManager(storage, schema=PrefsV1)
+    direct = PersistenceConfig(auto_save=False)
+    old = PersistenceManager(storage, schema=PrefsV1, config=direct)
     old.save_layout("alice", PrefsV1(colour="red"))
     old.save_layout("alice", PrefsV1(colour="blue"))
-    new = PersistenceManager(storage, schema=PrefsV2)
+    new = PersistenceManager(storage, schema=PrefsV2, config=direct)
     new.register_migration(1, v1_to_v2)
 
     assert new.load_layout("alice") == PrefsV2(color="blue", dense=False)

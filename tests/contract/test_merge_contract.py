@@ -11,11 +11,14 @@ import pytest
 from dashpersist import (
     ConflictError,
     Layout,
+    PersistenceConfig,
     PersistenceManager,
     Widget,
 )
 from dashpersist.storage import Storage
 from tests.children import REPO_ROOT
+
+DIRECT = PersistenceConfig(auto_save=False)  # these tests are about merges, not autosave
 
 
 def base_layout() -> Layout:
@@ -38,8 +41,8 @@ def base_layout() -> Layout:
 
 
 def two_devices(storage: Storage) -> tuple[PersistenceManager, PersistenceManager]:
-    laptop = PersistenceManager(storage, device_id="laptop")
-    phone = PersistenceManager(storage, device_id="phone")
+    laptop = PersistenceManager(storage, device_id="laptop", config=DIRECT)
+    phone = PersistenceManager(storage, device_id="phone", config=DIRECT)
     laptop.save_layout("alice", base_layout())
     phone.load_layout("alice")
     return laptop, phone
@@ -93,8 +96,10 @@ def test_the_merge_winner_does_not_depend_on_which_device_saves_last(
     outcomes = []
     for first_name, second_name in (("a", "b"), ("b", "a")):
         user = f"u-{first_name}{second_name}"
-        first = PersistenceManager(storage, device_id=first_name, clock=same_moment)
-        second = PersistenceManager(storage, device_id=second_name, clock=same_moment)
+        first = PersistenceManager(storage, device_id=first_name, clock=same_moment, config=DIRECT)
+        second = PersistenceManager(
+            storage, device_id=second_name, clock=same_moment, config=DIRECT
+        )
         first.save_layout(user, base_layout())
         second.load_layout(user)
         first.save_layout(user, base_layout().update_widget("w1", title=f"by {first_name}"))

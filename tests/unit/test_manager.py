@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydantic
@@ -21,7 +22,10 @@ from dashpersist import (
     Widget,
 )
 from dashpersist.storage import DocumentKey, Storage
-from tests.faults import FailingStorage
+from dashpersist.testing import FaultyStorage
+from tests.managers import MANAGER_KINDS, ManagerFactory, manager_factory
+
+DIRECT = PersistenceConfig(auto_save=False)
 
 
 def sample(title: str = "Sales", widgets: int = 2) -> Layout:
@@ -33,9 +37,18 @@ def sample(title: str = "Sales", widgets: int = 2) -> Layout:
     )
 
 
+@pytest.fixture(params=MANAGER_KINDS)
+def make_manager(request: pytest.FixtureRequest) -> Iterator[ManagerFactory]:
+    """Build managers of one kind: every test here runs against `PersistenceManager` and,
+    through a blocking view, against its asyncio twin (see tests/managers.py)."""
+    with manager_factory(request.param) as make:
+        yield make
+
+
 @pytest.fixture
-def manager(storage: Storage) -> PersistenceManager:
-    return PersistenceManager(storage, device_id="laptop")
+def manager(storage: Storage, make_manager: ManagerFactory) -> PersistenceManager:
+    # These tests are about what is written and read; autosave has tests of its own.
+    return make_manager(storage, device_id="laptop", config=DIRECT)
 
 
 def test_a_saved_layout_loads_back_equal(manager: PersistenceManager) -> None:
@@ -72,10 +85,12 @@ def test_saving_an_unchanged_layout_writes_no_version(manager: PersistenceManage
     assert [v.version for v in manager.get_version_history("alice")] == [1]
 
 
-def test_a_save_from_a_stale_base_is_a_conflict_when_resolution_is_off(storage: Storage) -> None:
-    config = PersistenceConfig(enable_conflict_resolution=False)
-    laptop = PersistenceManager(storage, config=config, device_id="laptop")
-    phone = PersistenceManager(storage, config=config, device_id="phone")
+def test_a_save_from_a_stale_base_is_a_conflict_when_resolution_is_off(
+    make_manager: ManagerFactory, storage: Storage
+) -> None:
+    config = PersistenceConfig(enable_conflict_resolution=False, auto_save=False)
+    laptop = make_manager(storage, config=config, device_id="laptop")
+    phone = make_manager(storage, config=config, device_id="phone")
     laptop.save_layout("alice", sample("first"))
     phone.load_layout("alice")
     laptop.save_layout("alice", sample("second"))
@@ -187,8 +202,10 @@ def test_threads_saving_through_one_manager_serialize_per_document(
         assert [v.version for v in history] == list(range(20, 0, -1))
 
 
-def test_a_closed_manager_refuses_calls_and_closes_once(tmp_path: Path) -> None:
-    manager = PersistenceManager(f"sqlite:///{tmp_path / 'dash.db'}")
+def test_a_closed_manager_refuses_calls_and_closes_once(
+    make_manager: ManagerFactory, tmp_path: Path
+) -> None:
+    manager = make_manager(f"sqlite:///{tmp_path / 'dash.db'}")
     manager.save_layout("alice", sample())
 
     manager.close()
@@ -201,36 +218,40 @@ def test_a_closed_manager_refuses_calls_and_closes_once(tmp_path: Path) -> None:
         manager.save_layout("alice", sample())
 
 
-def test_the_context_manager_closes_and_data_persists(tmp_path: Path) -> None:
+def test_the_context_manager_closes_and_data_persists(
+    make_manager: ManagerFactory, tmp_path: Path
+) -> None:
     url = f"sqlite:///{tmp_path / 'dash.db'}"
-    with PersistenceManager(url) as manager:
+    with make_manager(url) as manager:
         manager.save_layout("alice", sample())
 
     assert manager.is_closed
-    with PersistenceManager(url) as reopened:
+    with make_manager(url) as reopened:
         assert reopened.load_layout("alice") == sample()
 
 
 def test_the_default_store_is_a_sqlite_file_in_the_user_data_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_manager: ManagerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
 
-    with PersistenceManager() as manager:
+    with make_manager() as manager:
         manager.save_layout("alice", sample())
 
     assert (tmp_path / "dashpersist" / "dashpersist.db").is_file()
 
 
-def test_transient_errors_are_retried_with_bounded_jittered_backoff() -> None:
+def test_transient_errors_are_retried_with_bounded_jittered_backoff(
+    make_manager: ManagerFactory,
+) -> None:
     sleeps: list[float] = []
-    storage = FailingStorage(
+    storage = FaultyStorage(
         MemoryStorage(),
         fail_on="write",
         times=2,
         error=lambda: StorageUnavailableError("database is locked"),
     )
-    manager = PersistenceManager(storage, sleep=sleeps.append)
+    manager = make_manager(storage, sleep=sleeps.append, config=DIRECT)
 
     result = manager.save_layout("alice", sample())
 
@@ -240,18 +261,18 @@ def test_transient_errors_are_retried_with_bounded_jittered_backoff() -> None:
     assert 0 <= sleeps[0] <= 0.1 and 0 <= sleeps[1] <= 0.2
 
 
-def test_retries_stop_after_the_configured_attempts() -> None:
+def test_retries_stop_after_the_configured_attempts(make_manager: ManagerFactory) -> None:
     sleeps: list[float] = []
-    storage = FailingStorage(
+    storage = FaultyStorage(
         MemoryStorage(),
         fail_on="write",
         times=100,
         error=lambda: StorageUnavailableError("connection refused"),
     )
-    manager = PersistenceManager(
+    manager = make_manager(
         storage,
         sleep=sleeps.append,
-        config=PersistenceConfig(retry_attempts=4, retry_max_delay=0.3),
+        config=PersistenceConfig(retry_attempts=4, retry_max_delay=0.3, auto_save=False),
     )
 
     with pytest.raises(StorageUnavailableError):
@@ -262,15 +283,15 @@ def test_retries_stop_after_the_configured_attempts() -> None:
     assert manager.storage.read(DocumentKey("alice")) is None
 
 
-def test_non_transient_errors_are_not_retried() -> None:
+def test_non_transient_errors_are_not_retried(make_manager: ManagerFactory) -> None:
     sleeps: list[float] = []
-    storage = FailingStorage(
+    storage = FaultyStorage(
         MemoryStorage(),
         fail_on="write",
         times=1,
         error=lambda: ValidationError([]),
     )
-    manager = PersistenceManager(storage, sleep=sleeps.append)
+    manager = make_manager(storage, sleep=sleeps.append, config=DIRECT)
 
     with pytest.raises(ValidationError):
         manager.save_layout("alice", sample())
@@ -279,16 +300,20 @@ def test_non_transient_errors_are_not_retried() -> None:
     assert sleeps == []
 
 
-def test_a_lost_race_is_refused_when_conflict_resolution_is_off() -> None:
+def test_a_lost_race_is_refused_when_conflict_resolution_is_off(
+    make_manager: ManagerFactory,
+) -> None:
     sleeps: list[float] = []
-    storage = FailingStorage(
+    storage = FaultyStorage(
         MemoryStorage(),
         fail_on="write",
         times=1,
         error=lambda: ConflictError(DocumentKey("alice"), expected_version=None, actual_version=1),
     )
-    manager = PersistenceManager(
-        storage, sleep=sleeps.append, config=PersistenceConfig(enable_conflict_resolution=False)
+    manager = make_manager(
+        storage,
+        sleep=sleeps.append,
+        config=PersistenceConfig(enable_conflict_resolution=False, auto_save=False),
     )
 
     with pytest.raises(ConflictError):
@@ -298,9 +323,9 @@ def test_a_lost_race_is_refused_when_conflict_resolution_is_off() -> None:
     assert sleeps == []
 
 
-def test_a_cached_load_does_not_touch_the_storage() -> None:
-    storage = FailingStorage(MemoryStorage())
-    manager = PersistenceManager(storage)
+def test_a_cached_load_does_not_touch_the_storage(make_manager: ManagerFactory) -> None:
+    storage = FaultyStorage(MemoryStorage())
+    manager = make_manager(storage, config=DIRECT)
     manager.save_layout("alice", sample())
     reads_after_save = storage.calls.get("read", 0)
 
@@ -311,11 +336,11 @@ def test_a_cached_load_does_not_touch_the_storage() -> None:
     assert storage.calls.get("read", 0) == reads_after_save
 
 
-def test_a_failed_write_leaves_no_stale_cache_entry() -> None:
-    storage = FailingStorage(
+def test_a_failed_write_leaves_no_stale_cache_entry(make_manager: ManagerFactory) -> None:
+    storage = FaultyStorage(
         MemoryStorage(), fail_on="write", times=1, error=lambda: StorageUnavailableError("gone")
     )
-    manager = PersistenceManager(storage, config=PersistenceConfig(retry_attempts=1))
+    manager = make_manager(storage, config=PersistenceConfig(retry_attempts=1, auto_save=False))
     storage.inner.write(
         DocumentKey("alice"), sample("stored").model_dump(mode="json"), expected_version=None
     )
