@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from dashpersist import ConflictError, DocumentKey, PersistenceManager, open_storage
 from dashpersist.models import Layout, Widget
@@ -91,12 +92,80 @@ def edit_own_widget(url: str, name: str, count: int) -> None:
             assert layout is not None
 
 
+def _manager(url: str, outbox: str, *, offline: bool = False, delay: float = 60.0):  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from dashpersist import PersistenceConfig
+    from dashpersist.testing import FaultyStorage
+
+    storage = FaultyStorage(open_storage(url))
+    if offline:
+        storage.go_offline()
+    config = PersistenceConfig(
+        outbox_dir=Path(outbox),
+        auto_save_delay=delay,
+        auto_save_max_wait=max(delay, 10.0),
+        retry_attempts=1,
+    )
+    return storage, PersistenceManager(storage, config=config, device_id=f"child-{os.getpid()}")
+
+
+def _layout(title: str) -> Layout:
+    return Layout(widgets=[Widget(id="w1", type="chart", title=title, w=4, h=2)])
+
+
+def park_and_hang(url: str, outbox: str) -> None:
+    """Save while storage is down (to the outbox), say so, then wait to be killed."""
+    _storage, manager = _manager(url, outbox, offline=True)
+    result = manager.save_layout("alice", _layout("parked"), immediate=True)
+    print(f"ack {result.source}", flush=True)
+    time.sleep(600)
+
+
+def replay(url: str, outbox: str) -> None:
+    """Replay the outbox (a fault point may kill this process mid-way), print the result."""
+    storage, manager = _manager(url, outbox)
+    with manager:
+        result = manager.sync("alice")
+        print(f"ack {result.replayed} {result.version}", flush=True)
+    storage.close()
+
+
+def queue_and_exit(url: str, outbox: str, how: str) -> None:
+    """Queue an edit with a long autosave delay, then end the process *how*."""
+    _storage, manager = _manager(url, outbox)
+    manager.save_layout("alice", _layout("queued at exit"))
+    print("ack queued", flush=True)
+    if how == "sys.exit":
+        sys.exit(0)
+
+
+def flush_then_queue(url: str, outbox: str) -> None:
+    """S03: queue 50 edits, flush, queue 10 more, then wait to be killed."""
+    _storage, manager = _manager(url, outbox)
+    for index in range(50):
+        manager.save_layout("alice", _layout(f"flushed {index}"))
+    manager.flush()
+    for index in range(10):
+        manager.save_layout("alice", _layout(f"after flush {index}"))
+    print("ack flushed", flush=True)
+    time.sleep(600)
+
+
 def main(argv: list[str]) -> None:
     mode, url, *rest = argv
     if mode == "append":
         append_tokens(url, rest[0], int(rest[1]))
     elif mode == "edit-own-widget":
         edit_own_widget(url, rest[0], int(rest[1]))
+    elif mode == "park-and-hang":
+        park_and_hang(url, rest[0])
+    elif mode == "replay":
+        replay(url, rest[0])
+    elif mode == "queue-and-exit":
+        queue_and_exit(url, rest[0], rest[1])
+    elif mode == "flush-then-queue":
+        flush_then_queue(url, rest[0])
     elif mode == "save-forever":
         save_forever(url, int(rest[0]))
     else:
