@@ -47,7 +47,7 @@ from dashpersist.models import Layout, SaveResult, SyncResult, VersionInfo
 from dashpersist.outbox import Outbox, OutboxEntry
 from dashpersist.patch import make_patch
 from dashpersist.storage.protocol import DocumentKey, Storage, StoredDocument, VersionRecord
-from dashpersist.storage.urls import open_storage
+from dashpersist.storage.urls import ReconnectingStorage
 from dashpersist.sync import ReplayReport, Synchronizer
 from dashpersist.types import ChangeType, JsonObject
 from dashpersist.validation import ValidationReport, Validator, raise_validation_error
@@ -168,8 +168,10 @@ class PersistenceManager(Generic[DocT]):
         start_threads: bool = True,
     ) -> None:
         self._owns_storage = store is None or isinstance(store, str)
+        # A store named by URL may be down when the app starts: it is opened (and its
+        # schema brought up to date) on first contact, and saves go to the outbox until then.
         self._storage: Storage = (
-            open_storage(store or default_store_url())
+            ReconnectingStorage(store or default_store_url())
             if store is None or isinstance(store, str)
             else store
         )
@@ -894,6 +896,7 @@ class PersistenceManager(Generic[DocT]):
             device_id=self._device_id,
             label=pending.label,
             created_at=self._clock(),
+            after_entry_id=None if newest is None else newest.entry_id,
         )
         sync.park(entry)
         self._emit("outbox_stored", key, None, error=cause)
@@ -919,32 +922,40 @@ class PersistenceManager(Generic[DocT]):
                 except OutboxBlockedError:
                     continue
 
-    def _commit_entry(self, entry: OutboxEntry) -> int:
-        """Write one outbox entry, merging with whatever the store holds now."""
+    def _commit_entry(
+        self, entry: OutboxEntry, base_version: int | None, base_document: JsonObject | None
+    ) -> int:
+        """Write one outbox entry edited on top of *base_version* (and, when it followed
+        another offline entry, of that entry's *base_document*), merging with whatever
+        the store holds now."""
         key = entry.key
         for attempt in range(1, _MERGE_ATTEMPTS + 1):
             self._cache.invalidate(key)
             current = self._read(key)
-            document = entry.document
-            change_type: ChangeType = entry.change_type
-            description = entry.description
-            if current is not None and current.version != entry.base_version:
-                base: JsonObject = {}
-                if entry.base_version is not None:
+            document, change_type, description = (
+                entry.document,
+                entry.change_type,
+                entry.description,
+            )
+            base = base_document
+            if base is None and current is not None and current.version != base_version:
+                base = {}
+                if base_version is not None:
                     base, _ = self._retry(
-                        lambda: self._versions.get_document(key, entry.base_version or 0)
+                        lambda: self._versions.get_document(key, base_version or 0)
                     )
+            if current is not None and base is not None:
                 result = self._resolver.resolve(base, document, current.document)
+                if checksum(result.layout) != checksum(document):
+                    change_type = "sync"
+                    description = f"Offline edit merged with version {current.version}"
                 document = copy_json(result.layout)
-                change_type = "sync"
-                description = f"Offline edit merged with version {current.version}"
-            digest = checksum(document)
             try:
                 return self._commit(
                     key,
                     current,
                     document,
-                    digest,
+                    checksum(document),
                     change_type=change_type,
                     description=description,
                     label=entry.label,

@@ -117,6 +117,7 @@ _ENTRY_FIELDS: Final = frozenset(
         "device_id",
         "label",
         "created_at",
+        "after_entry_id",
     ]
 )
 _MARKER_FIELDS: Final = {
@@ -153,8 +154,10 @@ class OutboxEntry:
     ``entry_id`` (32 lowercase hex digits, a uuid4) is also the write's idempotency key.
     ``base_version`` is the version the write started from (``None``: a new document).
     ``document`` is the document as it would be stored, encrypted fields already
-    encrypted. ``created_at`` is an aware time, kept in UTC. Raises `ValidationError`
-    for a field out of shape.
+    encrypted. ``created_at`` is an aware time, kept in UTC. ``after_entry_id`` names the
+    entry this one was edited on top of while offline (``None``: it follows
+    ``base_version``): at replay its base is the version that entry became. Raises
+    `ValidationError` for a field out of shape.
     """
 
     entry_id: str
@@ -167,10 +170,15 @@ class OutboxEntry:
     device_id: str | None = None
     label: str | None = None
     created_at: datetime = field(default_factory=_now)
+    after_entry_id: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.entry_id, str) or not _ENTRY_ID.fullmatch(self.entry_id):
-            raise _invalid("entry_id", "entry_id_format", "must be 32 lowercase hex digits")
+        for name in ("entry_id", "after_entry_id"):
+            value = getattr(self, name)
+            if name == "after_entry_id" and value is None:
+                continue
+            if not isinstance(value, str) or not _ENTRY_ID.fullmatch(value):
+                raise _invalid(name, "entry_id_format", "must be 32 lowercase hex digits")
         DocumentKey(self.user_id, self.layout_id)
         if self.base_version is not None and (
             type(self.base_version) is not int or self.base_version < 1
@@ -199,6 +207,7 @@ class OutboxEntry:
         device_id: str | None = None,
         label: str | None = None,
         created_at: datetime | None = None,
+        after_entry_id: str | None = None,
     ) -> OutboxEntry:
         """Return a new entry for *key* with a fresh ``entry_id``, made now or at *created_at*."""
         return cls(
@@ -212,6 +221,7 @@ class OutboxEntry:
             device_id=device_id,
             label=label,
             created_at=created_at or _now(),
+            after_entry_id=after_entry_id,
         )
 
     @property
@@ -234,6 +244,7 @@ class OutboxEntry:
             "device_id": self.device_id,
             "label": self.label,
             "created_at": self.created_at.isoformat(),
+            "after_entry_id": self.after_entry_id,
         }
 
 
@@ -269,6 +280,7 @@ def _entry_from(record: JsonObject) -> OutboxEntry:
             device_id=record["device_id"],  # type: ignore[arg-type]
             label=record["label"],  # type: ignore[arg-type]
             created_at=moment,
+            after_entry_id=record["after_entry_id"],  # type: ignore[arg-type]
         )
     except ValidationError as exc:
         raise _ShapeError(f"has an invalid field: {exc}") from exc
@@ -504,6 +516,16 @@ class Outbox:
         if document.status[entry_id] == "blocked":
             exported["reason"] = document.reasons[entry_id]
         return exported
+
+    def find(self, entry_id: str) -> OutboxEntry | None:
+        """Return the entry *entry_id* if the outbox still holds it, done ones included
+        (until their file is compacted), or ``None``."""
+        with self._locked():
+            try:
+                document = self._find(entry_id, include_done=True)
+            except NotFoundError:
+                return None
+        return document.entries[entry_id]
 
     # -- writing -------------------------------------------------------------------------
 

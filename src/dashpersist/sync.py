@@ -27,13 +27,18 @@ from dashpersist.errors import (
 )
 from dashpersist.outbox import Outbox, OutboxEntry
 from dashpersist.storage.protocol import DocumentKey, Storage
+from dashpersist.types import JsonObject
 
 __all__ = ["CommitEntry", "ReplayReport", "Synchronizer"]
 
 _LOG = logging.getLogger(__name__)
 
-CommitEntry = Callable[[OutboxEntry], int]
-"""Write one outbox entry to storage (merging when the store moved on); return its version."""
+CommitEntry = Callable[[OutboxEntry, "int | None", "JsonObject | None"], int]
+"""Write one outbox entry to storage; return the version written.
+
+The entry was edited on top of the given base: a stored version, and, for an entry that
+followed another offline entry, that entry's document (the merge base then). The entry
+is merged with whatever the store holds now."""
 
 # Errors that will not go away by retrying: the entry blocks its document's queue.
 _PERMANENT = (ValidationError, PatchError, DecryptionError, ConfigurationError, ConflictError)
@@ -106,13 +111,20 @@ class Synchronizer:
         caller serializes replays of one document (the manager holds its document lock).
         """
         report = report or ReplayReport()
+        previous: OutboxEntry | None = None
         for entry in self.outbox.entries(key):
             applied = self._applied_version(entry)
             if applied is not None:
                 report.already_applied[entry.entry_id] = applied
             else:
+                if previous is None and entry.after_entry_id is not None:
+                    previous = self.outbox.find(entry.after_entry_id)
                 try:
-                    applied = self._commit(entry)
+                    applied = self._commit(
+                        entry,
+                        self._base_of(entry),
+                        None if previous is None else previous.document,
+                    )
                 except _PERMANENT as exc:
                     self._block(entry, exc, report)
                     raise OutboxBlockedError(
@@ -123,6 +135,7 @@ class Synchronizer:
                     ) from exc
                 report.written[entry.entry_id] = applied
             self.outbox.mark_done(entry.entry_id, version=applied)
+            previous = entry
             if self._on_replayed is not None:
                 self._on_replayed(entry, applied)
         if not self.outbox.blocked(key):
@@ -178,15 +191,30 @@ class Synchronizer:
         if self._on_blocked is not None:
             self._on_blocked(entry, exc)
 
+    def _base_of(self, entry: OutboxEntry) -> int | None:
+        """Return the version *entry* was edited on top of: the version its predecessor in
+        the queue became (found by its idempotency key), else its own base version."""
+        if entry.after_entry_id is not None:
+            version = self._version_carrying(entry.key, entry.after_entry_id, entry.base_version)
+            if version is not None:
+                return version
+        return entry.base_version
+
     def _applied_version(self, entry: OutboxEntry) -> int | None:
         """Return the version that already carries *entry*'s idempotency key, or ``None``."""
+        return self._version_carrying(entry.key, entry.entry_id, entry.base_version)
+
+    def _version_carrying(
+        self, key: DocumentKey, idempotency_key: str, above: int | None
+    ) -> int | None:
+        """Return the version above *above* whose record carries *idempotency_key*."""
         before: int | None = None
         while True:
-            page = self._storage.versions(entry.key, before=before, limit=50)
+            page = self._storage.versions(key, before=before, limit=50)
             for record in page:
-                if entry.base_version is not None and record.version <= entry.base_version:
+                if above is not None and record.version <= above:
                     return None
-                if record.idempotency_key == entry.entry_id:
+                if record.idempotency_key == idempotency_key:
                     return record.version
             if len(page) < 50:
                 return None
