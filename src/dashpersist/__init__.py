@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dashpersist.async_manager import AsyncPersistenceManager
 from dashpersist.changes import LayoutChange, LayoutDiff
 from dashpersist.config import PersistenceConfig
 from dashpersist.encryption import FieldEncryptor, KeyRing
@@ -34,6 +35,7 @@ from dashpersist.versions import IntegrityReport
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncPersistenceManager",
     "ConfigurationError",
     "Conflict",
     "ConflictError",
