@@ -32,7 +32,7 @@ from dashpersist.errors import ManagerClosedError, ValidationIssue
 from dashpersist.events import ChangeEvent, Unsubscribe
 from dashpersist.manager import PersistenceManager
 from dashpersist.migrations import Upcast
-from dashpersist.models import Layout, SaveResult, SyncResult, VersionInfo
+from dashpersist.models import Layout, SaveResult, SyncResult, Versioned, VersionInfo
 from dashpersist.outbox import OutboxEntry
 from dashpersist.storage.protocol import Storage
 from dashpersist.types import ChangeType, JsonObject
@@ -164,6 +164,7 @@ class AsyncPersistenceManager(Generic[DocT]):
         description: str | None = None,
         change_type: ChangeType = "manual",
         label: str | None = None,
+        base_version: int | None = None,
     ) -> SaveResult:
         """Validate and commit *layout*; see `PersistenceManager.save_layout`."""
         return await self._call(
@@ -175,11 +176,18 @@ class AsyncPersistenceManager(Generic[DocT]):
             description=description,
             change_type=change_type,
             label=label,
+            base_version=base_version,
         )
 
     async def load_layout(self, user_id: str, *, layout_id: str = "default") -> DocT | None:
         """Return the user's current document; see `PersistenceManager.load_layout`."""
         return await self._call(self._manager.load_layout, user_id, layout_id=layout_id)
+
+    async def load_versioned(
+        self, user_id: str, *, layout_id: str = "default"
+    ) -> Versioned[DocT] | None:
+        """Return the current document with its version; see `PersistenceManager.load_versioned`."""
+        return await self._call(self._manager.load_versioned, user_id, layout_id=layout_id)
 
     async def list_layouts(self, user_id: str) -> list[str]:
         """Return the ids of the user's documents, sorted."""

@@ -43,7 +43,7 @@ from dashpersist.errors import (
 from dashpersist.events import ChangeEvent, EventBus, EventKind, Subscriber, Unsubscribe
 from dashpersist.merge import ConflictResolver
 from dashpersist.migrations import SchemaMigrator, Upcast, schema_version_of
-from dashpersist.models import Layout, SaveResult, SyncResult, VersionInfo
+from dashpersist.models import Layout, SaveResult, SyncResult, Versioned, VersionInfo
 from dashpersist.outbox import Outbox, OutboxEntry
 from dashpersist.patch import make_patch
 from dashpersist.storage.protocol import DocumentKey, Storage, StoredDocument, VersionRecord
@@ -94,6 +94,7 @@ class _Pending:
     description: str | None
     label: str | None
     sequence: int
+    base_version: int | None = None
     queued: bool = False
 
 
@@ -268,8 +269,13 @@ class PersistenceManager(Generic[DocT]):
         description: str | None = None,
         change_type: ChangeType = "manual",
         label: str | None = None,
+        base_version: int | None = None,
     ) -> SaveResult:
         """Validate *layout* and commit it as the next version of the user's document.
+
+        *base_version* is the version the edit started from; by default, the version this
+        manager last loaded or saved for the document. Servers that share one manager
+        among many clients pass the version each client loaded (see `load_versioned`).
 
         The write is a compare-and-swap from the version this manager last loaded or
         saved for the document (its base). When another writer moved the document on
@@ -294,7 +300,12 @@ class PersistenceManager(Generic[DocT]):
         self._check_open()
         key = _key(user_id, layout_id)
         pending = _Pending(
-            self._codec.validate(layout), change_type, description, label, next(self._sequence)
+            self._codec.validate(layout),
+            change_type,
+            description,
+            label,
+            next(self._sequence),
+            base_version=base_version,
         )
         if not immediate and self._config.auto_save:
             self._autosave.put(key, replace(pending, queued=True))
@@ -313,25 +324,38 @@ class PersistenceManager(Generic[DocT]):
         Frozen document models (like `Layout`) are shared between callers, since nobody
         can change them; other models are built afresh for every call.
         """
+        loaded = self.load_versioned(user_id, layout_id=layout_id)
+        return None if loaded is None else loaded.document
+
+    def load_versioned(self, user_id: str, *, layout_id: str = "default") -> Versioned[DocT] | None:
+        """Return the user's current document with the version it is, or builds on.
+
+        For a server that many clients share, hand ``version`` to the client and take it
+        back as ``save_layout(..., base_version=...)``: a stale client's save then merges
+        from the version that client really saw. ``is_pending`` says the document holds
+        saves of this manager not yet in storage (``version`` is then their base).
+        """
         self._check_open()
         key = _key(user_id, layout_id)
         queued = self._autosave.pending(key)
         if queued is not None:
-            return self._codec.to_model(queued.plain)
+            base = queued.base_version or self._bases.get(key)
+            return Versioned(self._codec.to_model(queued.plain), base, is_pending=True)
         parked = self._parked(key)
         if parked is not None:
-            return self._codec.decode(key, parked.document, self._codec.migrator.current_version)
+            model = self._codec.decode(key, parked.document, self._codec.migrator.current_version)
+            return Versioned(model, parked.base_version, is_pending=True)
         entry = self._cache.get(key)
         if entry is not None and entry.model is not None and self._codec.shares_models:
             self._bases[key] = entry.stored.version
-            return entry.model
+            return Versioned(entry.model, entry.stored.version)
         current = entry.stored if entry is not None else self._read(key)
         if current is None:
             return None
         model = self._codec.decode(key, current.document, current.schema_version)
         self._cache.put(key, _Cached(current, model))
         self._bases[key] = current.version
-        return model
+        return Versioned(model, current.version)
 
     def list_layouts(self, user_id: str) -> list[str]:
         """Return the ids of the user's documents, sorted."""
@@ -751,7 +775,7 @@ class PersistenceManager(Generic[DocT]):
         change_type, description, label = pending.change_type, pending.description, pending.label
         current = self._read(key)
         actual = None if current is None else current.version
-        base = self._bases.get(key, actual)
+        base = pending.base_version or self._bases.get(key, actual)
         if base != actual:
             if not self._config.enable_conflict_resolution or current is None or base is None:
                 raise ConflictError(key, expected_version=base, actual_version=actual)
@@ -888,7 +912,10 @@ class PersistenceManager(Generic[DocT]):
         entry = OutboxEntry.create(
             key,
             self._codec.encrypt(key, pending.plain, previous=previous),
-            base_version=self._bases.get(key, None if cached is None else cached.stored.version)
+            base_version=(
+                pending.base_version
+                or self._bases.get(key, None if cached is None else cached.stored.version)
+            )
             if newest is None
             else newest.base_version,
             change_type=pending.change_type,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -37,6 +37,7 @@ __all__ = [
     "StoredLayoutInfo",
     "SyncResult",
     "VersionInfo",
+    "Versioned",
     "Widget",
     "WidgetId",
     "WidgetType",
@@ -184,6 +185,18 @@ class SaveResult:
     source: SaveSource
     error: DashPersistError | None = None
     merge: Any = None  # a MergeResult when the save was merged with a newer version
+
+
+DocT = TypeVar("DocT")
+
+
+@dataclass(frozen=True, slots=True)
+class Versioned(Generic[DocT]):
+    """A document with the stored version it is (or, when ``is_pending``, builds on)."""
+
+    document: DocT
+    version: int | None
+    is_pending: bool = False
 
 
 @dataclass(frozen=True, slots=True)
