@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import unicodedata
 from dataclasses import replace
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -16,8 +16,9 @@ from dashpersist.errors import (
     NotFoundError,
     ValidationError,
 )
-from dashpersist.storage import DocumentKey, Storage, VersionRecord
-from dashpersist.types import JsonObject
+from dashpersist.patch import make_patch
+from dashpersist.storage import DocumentKey, Storage, StoredDocument, VersionRecord
+from dashpersist.types import ChangeType, JsonObject
 
 HOSTILE_IDS = [
     "../../etc/passwd",
@@ -369,3 +370,153 @@ def test_timestamps_are_aware_utc(storage: Storage) -> None:
 def test_close_is_idempotent(storage: Storage) -> None:
     storage.close()
     storage.close()
+
+
+# -- listing users -------------------------------------------------------------------------
+
+
+def test_user_ids_lists_every_user_with_a_document_once_sorted(storage: Storage) -> None:
+    for user_id, layout_id in [("carol", "a"), ("alice", "x"), ("alice", "y"), ("bob", "z")]:
+        storage.write(DocumentKey(user_id, layout_id), layout(layout_id), expected_version=None)
+
+    listed = storage.user_ids()
+
+    assert listed == ["alice", "bob", "carol"]
+
+
+def test_user_ids_of_an_empty_store_is_empty(storage: Storage) -> None:
+    assert storage.user_ids() == []
+
+
+def test_hostile_user_ids_are_listed_exactly_as_written(storage: Storage) -> None:
+    for user_id in HOSTILE_IDS:
+        storage.write(DocumentKey(user_id, "board"), layout(user_id), expected_version=None)
+
+    listed = storage.user_ids()
+
+    assert listed == sorted(HOSTILE_IDS)
+    assert len(set(listed)) == len(HOSTILE_IDS)
+
+
+def test_a_user_whose_layouts_were_all_deleted_is_no_longer_listed(storage: Storage) -> None:
+    for layout_id in ("one", "two"):
+        storage.write(DocumentKey("alice", layout_id), layout(layout_id), expected_version=None)
+    storage.write(DocumentKey("bob"), layout("bob"), expected_version=None)
+
+    storage.delete(DocumentKey("alice", "one"))
+    still_listed = storage.user_ids()
+    storage.delete(DocumentKey("alice", "two"))
+
+    assert still_listed == ["alice", "bob"]
+    assert storage.user_ids() == ["bob"]
+
+
+# -- importing a document with its history ------------------------------------------------
+
+
+def _history_to_import(key: DocumentKey) -> tuple[StoredDocument, list[VersionRecord]]:
+    """Return a document at version 4 and its history as another store wrote them:
+    patches, a keyframe at version 3, a gap left by retention, odd times and metadata."""
+    documents = [layout("a"), layout("a", "b"), layout("b", "c"), layout("c")]
+    change_types: list[ChangeType] = ["manual", "auto", "rollback", "migration"]
+    base = datetime(2021, 3, 4, 5, 6, 7, 123_457, tzinfo=UTC)
+    records: list[VersionRecord] = []
+    for index, document in enumerate(documents):
+        version = index + 1
+        previous = documents[index - 1] if index else None
+        records.append(
+            VersionRecord(
+                version=version,
+                checksum=checksum(document),
+                parent_checksum=None if previous is None else checksum(previous),
+                created_at=base + timedelta(days=version, microseconds=version),
+                change_type=change_types[index],
+                description=f"step {version}",
+                device_id="tablet" if version % 2 else None,
+                label="release" if version == 2 else None,
+                schema_version=1 if version < 4 else 2,
+                idempotency_key=f"entry-{version}",
+                patch=None if previous is None else make_patch(previous, document),
+                snapshot=document if version in (1, 3) else None,
+            )
+        )
+    current = StoredDocument(
+        key=key,
+        document=documents[-1],
+        version=4,
+        checksum=checksum(documents[-1]),
+        updated_at=records[-1].created_at,
+        schema_version=2,
+    )
+    return current, records
+
+
+def test_an_imported_document_keeps_every_version_exactly(storage: Storage) -> None:
+    key = DocumentKey("alice", "imported")
+    current, history = _history_to_import(key)
+
+    storage.import_document(key, current, history)
+
+    stored = storage.read(key)
+    assert stored == current
+    assert list(reversed(storage.versions(key, limit=100))) == history
+    assert storage.layout_ids("alice") == ["imported"]
+    assert storage.user_ids() == ["alice"]
+
+
+def test_writes_after_an_import_continue_its_chain(storage: Storage) -> None:
+    key = DocumentKey("alice")
+    current, history = _history_to_import(key)
+    storage.import_document(key, current, history)
+
+    version = storage.write(key, layout("next"), expected_version=4)
+
+    newest = storage.versions(key, limit=1)[0]
+    assert version == 5
+    assert newest.parent_checksum == current.checksum
+
+
+def test_importing_over_an_existing_document_is_refused_and_writes_nothing(
+    storage: Storage,
+) -> None:
+    key = DocumentKey("alice")
+    storage.write(key, layout("mine"), expected_version=None)
+    current, history = _history_to_import(key)
+
+    with pytest.raises(ConflictError) as caught:
+        storage.import_document(key, current, history)
+
+    stored = storage.read(key)
+    assert caught.value.actual_version == 1
+    assert stored is not None and stored.document == layout("mine")
+    assert history_versions(storage, key) == [1]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["no_history", "head_mismatch", "out_of_order", "wrong_checksum", "naive_time", "bare"],
+)
+def test_an_import_that_does_not_hold_together_is_refused_and_writes_nothing(
+    storage: Storage, damage: str
+) -> None:
+    key = DocumentKey("alice")
+    current, history = _history_to_import(key)
+    if damage == "no_history":
+        history = []
+    elif damage == "head_mismatch":
+        history = history[:-1]
+    elif damage == "out_of_order":
+        history = [history[1], history[0], *history[2:]]
+    elif damage == "wrong_checksum":
+        current = replace(current, checksum="0" * 64)
+    elif damage == "naive_time":
+        history[1] = replace(history[1], created_at=history[1].created_at.replace(tzinfo=None))
+    else:
+        history[1] = replace(history[1], patch=None, snapshot=None)
+
+    with pytest.raises(ValidationError):
+        storage.import_document(key, current, history)
+
+    assert storage.read(key) is None
+    assert storage.versions(key, limit=10) == []
+    assert storage.user_ids() == []

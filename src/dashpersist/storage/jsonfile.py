@@ -95,6 +95,7 @@ from dashpersist._canonical import canonical_json, checksum_bytes, parse_json
 from dashpersist._faults import faultpoint
 from dashpersist.errors import (
     ConfigurationError,
+    ConflictError,
     CorruptStoreError,
     NotFoundError,
     StorageError,
@@ -107,6 +108,7 @@ from dashpersist.storage.protocol import (
     DocumentKey,
     StoredDocument,
     VersionRecord,
+    prepare_import,
     prepare_write,
 )
 from dashpersist.types import ChangeType, JsonObject, JsonPatch, JsonValue
@@ -654,6 +656,23 @@ class JSONFileStorage:
             os.close(folder_fd)
         return sorted(layout_ids)
 
+    def user_ids(self) -> list[str]:
+        """Return every user id that has at least one document, sorted.
+
+        Folder names are hashes, so each user's id is read back from one of their
+        document files; one that cannot be read, or whose ids do not belong to its
+        folder, raises `CorruptStoreError` naming it.
+        """
+        self._check_open()
+        with _os_errors(self._root, "list"):
+            names = sorted(name for name in os.listdir(self._root) if _STEM.fullmatch(name))
+        user_ids = []
+        for name in names:
+            user_id = self._user_id_in(self._root / name)
+            if user_id is not None:
+                user_ids.append(user_id)
+        return sorted(user_ids)
+
     def versions(
         self, key: DocumentKey, *, before: int | None = None, limit: int = 20
     ) -> list[VersionRecord]:
@@ -719,6 +738,48 @@ class JSONFileStorage:
                 return
             self._commit_compaction(folder_fd, place, current, kept)
 
+    def import_document(
+        self, key: DocumentKey, current: StoredDocument, history: list[VersionRecord]
+    ) -> None:
+        """Store *current* and its *history* exactly as given, in one atomic step.
+
+        The whole history is written as the document's history file first, then the
+        document file is renamed into place: the commit point, as for `write`. Raises
+        `ConflictError` and writes nothing if *key* exists, `ValidationError` for what
+        `prepare_import` refuses, and the errors `write` raises.
+        """
+        self._check_open()
+        self._check_writable()
+        prepared = prepare_import(key, current, history)
+        lines = b"".join(
+            _encode_record(item.record, item.patch, item.snapshot) for item in prepared.records
+        )
+        envelope = _Envelope(
+            user_id=key.user_id,
+            layout_id=key.layout_id,
+            version=current.version,
+            checksum=current.checksum,
+            schema_version=current.schema_version,
+            updated_at=current.updated_at,
+            history_generation=0,
+            history_end=len(lines),
+            body=prepared.body,
+        )
+        place = _Place.of(self._root, key)
+        with self._locked(key, place, create=True) as folder_fd:
+            existing = self._read_envelope_in(folder_fd, place, key)
+            if existing is not None:
+                raise ConflictError(key, expected_version=None, actual_version=existing.version)
+            self._remove_history_files(folder_fd, place, keep=None, refuse_foreign=True)
+            history_file = _History(place, 0, 0)
+            try:
+                self._append_history(folder_fd, history_file, lines)
+                self._replace_document(folder_fd, place, _encode_envelope(envelope))
+            except BaseException as exc:
+                self._discard_history_tail(folder_fd, history_file, exc)
+                raise
+            self._sync_after_commit(folder_fd, place, f"the imported {key}")
+
     def close(self) -> None:
         """Mark the store closed; idempotent. No file or lock stays open between calls."""
         with self._guard:
@@ -775,6 +836,32 @@ class JSONFileStorage:
                     lock.release()
 
     # -- reading -------------------------------------------------------------------------
+
+    def _user_id_in(self, folder: Path) -> str | None:
+        """Return the user id the documents in *folder* hold; ``None`` when it holds none."""
+        folder_fd = self._open_folder(folder, create=False)
+        if folder_fd is None:
+            return None  # removed since the listing
+        try:
+            with _os_errors(folder, "list"):
+                names = sorted(os.listdir(folder_fd))
+            for name in names:
+                match = _DOCUMENT_NAME.fullmatch(name)
+                if match is None:
+                    continue
+                place = _Place(folder, match.group(1))
+                envelope = self._load_envelope(folder_fd, place)
+                if envelope is None:
+                    continue  # deleted since the listing
+                if (
+                    _stem(envelope.user_id) != folder.name
+                    or _stem(envelope.layout_id) != place.stem
+                ):
+                    raise _corrupt(place.document_path, "holds the ids of another document")
+                return envelope.user_id
+        finally:
+            os.close(folder_fd)
+        return None
 
     def _open_folder(self, folder: Path, *, create: bool) -> int | None:
         """Open a user folder without following links; ``None`` when it does not exist."""

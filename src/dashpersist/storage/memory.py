@@ -8,11 +8,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from dashpersist._canonical import copy_json
-from dashpersist.errors import ConfigurationError, NotFoundError
+from dashpersist.errors import ConfigurationError, ConflictError, NotFoundError
 from dashpersist.storage.protocol import (
     DocumentKey,
     StoredDocument,
     VersionRecord,
+    prepare_import,
     prepare_write,
 )
 from dashpersist.types import JsonObject
@@ -106,6 +107,12 @@ class MemoryStorage:
             self._check_open()
             return sorted(key.layout_id for key in self._entries if key.user_id == user_id)
 
+    def user_ids(self) -> list[str]:
+        """Return every user id that has at least one document, sorted."""
+        with self._lock:
+            self._check_open()
+            return sorted({key.user_id for key in self._entries})
+
     def versions(
         self, key: DocumentKey, *, before: int | None = None, limit: int = 20
     ) -> list[VersionRecord]:
@@ -139,6 +146,29 @@ class MemoryStorage:
                 for record in entry.history
                 if record.version not in remove
             ]
+
+    def import_document(
+        self, key: DocumentKey, current: StoredDocument, history: list[VersionRecord]
+    ) -> None:
+        """Store *current* and its *history* exactly as given; `ConflictError` if *key* exists."""
+        prepare_import(key, current, history)
+        stored = StoredDocument(
+            key=key,
+            document=copy_json(current.document),
+            version=current.version,
+            checksum=current.checksum,
+            updated_at=current.updated_at,
+            schema_version=current.schema_version,
+        )
+        records = [_copied_record(record) for record in history]
+        with self._lock:
+            self._check_open()
+            existing = self._entries.get(key)
+            if existing is not None:
+                raise ConflictError(
+                    key, expected_version=None, actual_version=existing.current.version
+                )
+            self._entries[key] = _Entry(stored, records)
 
     def close(self) -> None:
         """Mark the store closed; its contents are dropped."""

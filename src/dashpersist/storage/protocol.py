@@ -7,7 +7,7 @@ holding plain JSON; pydantic models stop at the facade.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
@@ -19,10 +19,13 @@ from dashpersist.types import ChangeType, JsonObject, JsonPatch
 __all__ = [
     "ChangeNotifier",
     "DocumentKey",
+    "EncodedRecord",
+    "PreparedImport",
     "PreparedWrite",
     "Storage",
     "StoredDocument",
     "VersionRecord",
+    "prepare_import",
     "prepare_write",
 ]
 
@@ -109,6 +112,26 @@ class PreparedWrite:
     encoded_snapshot: bytes | None = field(default=None)
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedRecord:
+    """A history record with its patch and snapshot in canonical bytes."""
+
+    record: VersionRecord
+    patch: bytes | None
+    snapshot: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedImport:
+    """A document and its whole history checked and encoded once, ready to store atomically.
+
+    ``records`` are oldest first; the last one is the current version's.
+    """
+
+    body: bytes
+    records: tuple[EncodedRecord, ...]
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -169,6 +192,61 @@ def prepare_write(
     )
 
 
+def prepare_import(
+    key: DocumentKey, current: StoredDocument, history: Sequence[VersionRecord]
+) -> PreparedImport:
+    """Check a document and its history for `Storage.import_document` and encode them.
+
+    *history* is oldest first, with strictly increasing versions (retention may have
+    left gaps), every record holding a patch or a snapshot, and the last record being
+    *current*'s version with its checksum. *current*'s checksum must match its document,
+    and every time must be timezone-aware. Anything else raises `ValidationError`
+    naming the version and the rule, never a value.
+    """
+
+    def refuse(path: str, rule: str, message: str) -> ValidationError:
+        return ValidationError([ValidationIssue(path, rule, f"{key}: {message}")])
+
+    if current.key != key:
+        raise refuse("key", "same_key", "the document to import carries another key")
+    if not history:
+        raise refuse("history", "not_empty", "an imported document needs its history")
+    body = canonical_json(current.document)
+    if checksum_bytes(body) != current.checksum:
+        raise refuse("checksum", "checksum", "the document does not match its checksum")
+    if current.updated_at.utcoffset() is None:
+        raise refuse("updated_at", "time_zone", "updated_at has no time zone")
+    head = history[-1]
+    if (head.version, head.checksum) != (current.version, current.checksum):
+        raise refuse(
+            "history",
+            "head",
+            f"the newest history record (version {head.version}) is not the current "
+            f"version {current.version} with its checksum",
+        )
+    encoded: list[EncodedRecord] = []
+    previous = 0
+    for record in history:
+        where = f"history[version {record.version}]"
+        if record.version <= previous:
+            raise refuse(where, "order", "history versions must increase, oldest first")
+        if record.created_at.utcoffset() is None:
+            raise refuse(where, "time_zone", f"version {record.version} has no time zone")
+        if record.patch is None and record.snapshot is None:
+            raise refuse(
+                where, "reconstructible", f"version {record.version} has neither patch nor snapshot"
+            )
+        previous = record.version
+        encoded.append(
+            EncodedRecord(
+                record=record,
+                patch=None if record.patch is None else canonical_json(record.patch),  # type: ignore[arg-type]
+                snapshot=None if record.snapshot is None else canonical_json(record.snapshot),
+            )
+        )
+    return PreparedImport(body=body, records=tuple(encoded))
+
+
 class Storage(Protocol):
     """Where documents and their history live; every write is a compare-and-swap on the version."""
 
@@ -200,6 +278,14 @@ class Storage(Protocol):
         """Return the layout ids *user_id* has, sorted."""
         ...
 
+    def user_ids(self) -> list[str]:
+        """Return every user id that has at least one document, sorted.
+
+        An administrative listing across users (for export, migration and verification
+        of a whole store), not something to call on a request path.
+        """
+        ...
+
     def versions(
         self, key: DocumentKey, *, before: int | None = None, limit: int = 20
     ) -> list[VersionRecord]:
@@ -219,6 +305,18 @@ class Storage(Protocol):
         version, then delete the records *remove* names. The current document is never
         touched, and the newest record is never removed (`ConfigurationError`). Versions
         that do not exist are ignored.
+        """
+        ...
+
+    def import_document(
+        self, key: DocumentKey, current: StoredDocument, history: list[VersionRecord]
+    ) -> None:
+        """Store a document with its full history exactly as given, in one atomic step.
+
+        For migrations between stores: versions, checksums, timestamps, patches and
+        snapshots are kept as they are (*history* oldest first; see `prepare_import` for
+        what is checked, `ValidationError` otherwise). Raises `ConflictError` and writes
+        nothing if *key* exists.
         """
         ...
 

@@ -53,6 +53,7 @@ from dashpersist.storage.protocol import (
     DocumentKey,
     StoredDocument,
     VersionRecord,
+    prepare_import,
     prepare_write,
 )
 from dashpersist.types import ChangeType, JsonObject, JsonPatch, JsonValue
@@ -248,6 +249,21 @@ class SQLStorage:
         # Sorted here, not by the database, whose collation may not be code-point order.
         return sorted(row[0] for row in rows)
 
+    def user_ids(self) -> list[str]:
+        """Return every user id that has at least one document, sorted by code point.
+
+        Its statement is the one that names no owner: it lists the owners, for
+        administration (export, migration, whole-store checks).
+        """
+        self._check_open()
+        with (
+            self._translated(key=None, action="listing the users of"),
+            self._connectable.connect() as conn,
+        ):
+            rows = self._runner(conn)(self._sql.user_ids, ()).fetchall()
+        # Sorted here, not by the database, whose collation may not be code-point order.
+        return sorted(row[0] for row in rows)
+
     def versions(
         self, key: DocumentKey, *, before: int | None = None, limit: int = 20
     ) -> list[VersionRecord]:
@@ -301,6 +317,65 @@ class SQLStorage:
                 conn.exec_driver_sql(
                     self._sql.delete_version, [(*ids, version) for version in remove]
                 )
+            conn.commit()
+
+    def import_document(
+        self, key: DocumentKey, current: StoredDocument, history: list[VersionRecord]
+    ) -> None:
+        """Store *current* and its *history* exactly as given, in one transaction.
+
+        Raises `ConflictError` and writes nothing if *key* exists, and `ValidationError`
+        for a document or history `prepare_import` refuses or text a database can't store.
+        """
+        self._check_open()
+        prepared = prepare_import(key, current, history)
+        for record in history:
+            _check_record_text(record)
+        ids = (key.user_id, key.layout_id)
+        rows = [
+            (
+                *ids,
+                item.record.version,
+                item.record.checksum,
+                item.record.parent_checksum,
+                self._time_to_db(item.record.created_at),
+                item.record.change_type,
+                item.record.description,
+                item.record.device_id,
+                item.record.label,
+                item.record.schema_version,
+                item.record.idempotency_key,
+                None if item.patch is None else item.patch.decode(),
+                None if item.snapshot is None else item.snapshot.decode(),
+            )
+            for item in prepared.records
+        ]
+        with (
+            self._translated(key=key, action="importing", expected_version=None),
+            self._connectable.connect() as conn,
+        ):
+            self._begin_write(conn)
+            found = conn.exec_driver_sql(self._sql.read_current, ids).first()
+            if found is not None:
+                raise ConflictError(key, expected_version=None, actual_version=found[0])
+            inserted = conn.exec_driver_sql(
+                self._sql.insert_document,
+                (
+                    *ids,
+                    current.version,
+                    current.checksum,
+                    current.schema_version,
+                    prepared.body.decode(),
+                    self._time_to_db(current.updated_at),
+                ),
+            ).rowcount
+            if inserted != 1:
+                # PostgreSQL: another importer committed the same key after our SELECT.
+                latest = conn.exec_driver_sql(self._sql.read_current, ids).first()
+                raise ConflictError(
+                    key, expected_version=None, actual_version=None if latest is None else latest[0]
+                )
+            conn.exec_driver_sql(self._sql.insert_version, rows)
             conn.commit()
 
     def close(self) -> None:
@@ -634,7 +709,8 @@ class _Statements:
     """The SQL of the hot path, written once per dialect.
 
     Every statement on a document table names the owner (``user_id``): tenant isolation
-    does not rest on the caller's keys alone.
+    does not rest on the caller's keys alone. The one exception is ``user_ids``, the
+    administrative listing of the owners themselves.
     """
 
     def __init__(self, *, sqlite: bool) -> None:
@@ -670,6 +746,8 @@ class _Statements:
                 "AND version < ? ORDER BY version DESC LIMIT ?"
             ),
             "layout_ids": "SELECT layout_id FROM dashpersist_documents WHERE user_id = ?",
+            # The one statement without an owner predicate: it lists the owners.
+            "user_ids": "SELECT DISTINCT user_id FROM dashpersist_documents",
             "delete_document": (
                 "DELETE FROM dashpersist_documents WHERE user_id = ? AND layout_id = ?"
             ),
@@ -701,6 +779,7 @@ class _Statements:
         self.insert_version = statements["insert_version"]
         self.read_versions = statements["read_versions"]
         self.layout_ids = statements["layout_ids"]
+        self.user_ids = statements["user_ids"]
         self.delete_document = statements["delete_document"]
         self.delete_versions = statements["delete_versions"]
         self.store_snapshot = statements["store_snapshot"]
