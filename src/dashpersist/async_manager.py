@@ -28,14 +28,15 @@ from typing_extensions import TypeVar as TypeVarWithDefault
 from dashpersist.changes import LayoutDiff
 from dashpersist.config import PersistenceConfig
 from dashpersist.encryption import KeyRing
-from dashpersist.errors import ManagerClosedError, ValidationIssue
+from dashpersist.errors import DashPersistError, ManagerClosedError, ValidationIssue
 from dashpersist.events import ChangeEvent, Unsubscribe
+from dashpersist.journal import PendingChange
 from dashpersist.manager import PersistenceManager
 from dashpersist.migrations import Upcast
 from dashpersist.models import Layout, SaveResult, SyncResult, Versioned, VersionInfo
 from dashpersist.outbox import OutboxEntry
 from dashpersist.storage.protocol import Storage
-from dashpersist.types import ChangeType, JsonObject
+from dashpersist.types import ChangeType, JsonObject, JsonPatch
 from dashpersist.validation import ValidationReport
 from dashpersist.versions import IntegrityReport
 
@@ -296,6 +297,37 @@ class AsyncPersistenceManager(Generic[DocT]):
         self._manager.register_widget_type(type_name, settings_model)
 
     # -- sync and the outbox -------------------------------------------------------------
+
+    async def apply(
+        self,
+        user_id: str,
+        change: Callable[[DocT], DocT | JsonObject] | JsonPatch,
+        *,
+        layout_id: str = "default",
+        immediate: bool = False,
+        on_success: Callable[[SaveResult], None] | None = None,
+        on_error: Callable[[DashPersistError], None] | None = None,
+        on_rollback: Callable[[], None] | None = None,
+    ) -> DocT:
+        """Change a document optimistically; see `PersistenceManager.apply`.
+
+        The callbacks run on the thread that settles the write (a worker thread), not
+        on the event loop.
+        """
+        return await self._call(
+            self._manager.apply,
+            user_id,
+            change,
+            layout_id=layout_id,
+            immediate=immediate,
+            on_success=on_success,
+            on_error=on_error,
+            on_rollback=on_rollback,
+        )
+
+    async def pending(self, user_id: str, *, layout_id: str = "default") -> list[PendingChange]:
+        """Return unconfirmed optimistic changes; see `PersistenceManager.pending`."""
+        return await self._call(self._manager.pending, user_id, layout_id=layout_id)
 
     async def sync(self, user_id: str, *, layout_id: str = "default") -> SyncResult:
         """Bring one document up to date with the store; see `PersistenceManager.sync`."""

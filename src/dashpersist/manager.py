@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar, cast
 
 import platformdirs
 import pydantic
@@ -41,6 +41,7 @@ from dashpersist.errors import (
     ValidationIssue,
 )
 from dashpersist.events import ChangeEvent, EventBus, EventKind, Subscriber, Unsubscribe
+from dashpersist.journal import Change, Journal, PendingChange
 from dashpersist.merge import ConflictResolver
 from dashpersist.migrations import SchemaMigrator, Upcast, schema_version_of
 from dashpersist.models import Layout, SaveResult, SyncResult, Versioned, VersionInfo
@@ -49,7 +50,7 @@ from dashpersist.patch import make_patch
 from dashpersist.storage.protocol import DocumentKey, Storage, StoredDocument, VersionRecord
 from dashpersist.storage.urls import ReconnectingStorage
 from dashpersist.sync import ReplayReport, Synchronizer
-from dashpersist.types import ChangeType, JsonObject
+from dashpersist.types import ChangeType, JsonObject, JsonPatch
 from dashpersist.validation import ValidationReport, Validator, raise_validation_error
 from dashpersist.versions import IntegrityReport, VersionService
 
@@ -96,6 +97,7 @@ class _Pending:
     sequence: int
     base_version: int | None = None
     queued: bool = False
+    journal_through: int | None = None
 
 
 _LIVE_MANAGERS: weakref.WeakSet[PersistenceManager[Any]] = weakref.WeakSet()
@@ -204,6 +206,7 @@ class PersistenceManager(Generic[DocT]):
         self._locks_guard = threading.Lock()
         self._closed = False
         self._events = EventBus()
+        self._journal = Journal()
         self._sequence = itertools.count()
         self._written: dict[DocumentKey, int] = {}
         self._start_threads = start_threads
@@ -403,6 +406,81 @@ class PersistenceManager(Generic[DocT]):
             layout_id=target_layout_id,
             description=description or f"Cloned from {source_layout_id!r}",
         )
+
+    # -- optimistic updates --------------------------------------------------------------
+
+    def apply(
+        self,
+        user_id: str,
+        change: Callable[[DocT], DocT | JsonObject] | JsonPatch,
+        *,
+        layout_id: str = "default",
+        immediate: bool = False,
+        on_success: Callable[[SaveResult], None] | None = None,
+        on_error: Callable[[DashPersistError], None] | None = None,
+        on_rollback: Callable[[], None] | None = None,
+    ) -> DocT:
+        """Change the user's document optimistically: return the new view at once, write later.
+
+        *change* is a function from the current document to the new one, or an RFC 6902
+        patch. The result must validate (else `ValidationError`, nothing changes). The
+        write goes through autosave, or happens now with ``immediate=True``. When it
+        succeeds (in storage or in the outbox) ``on_success`` fires with its
+        `SaveResult`; when it fails for good (an unresolvable conflict, storage down with
+        no outbox), the change is rolled back: the view becomes the confirmed state with
+        the other pending changes re-applied, and ``on_error`` then ``on_rollback`` fire.
+        Each callback fires at most once per change. An immediate apply that fails
+        raises after rolling back.
+        """
+        self._check_open()
+        key = _key(user_id, layout_id)
+        journal_change: Change
+        if callable(change):
+            model_change = change
+
+            def journal_change(document: JsonObject) -> JsonObject:
+                changed = model_change(self._codec.to_model(document))
+                if isinstance(changed, pydantic.BaseModel):
+                    return cast(JsonObject, changed.model_dump(mode="json"))
+                return changed
+
+        else:
+            journal_change = change
+        with self._lock_for(key):
+            confirmed = None
+            if not self._journal.has_pending(key):
+                loaded = self.load_versioned(user_id, layout_id=layout_id)
+                confirmed = None if loaded is None else loaded.document.model_dump(mode="json")
+            applied, view = self._journal.apply(
+                key,
+                confirmed,
+                journal_change,
+                check=self._codec.validate,
+                on_success=on_success,
+                on_error=on_error,
+                on_rollback=on_rollback,
+            )
+            pending = _Pending(
+                view,
+                "manual",
+                None,
+                None,
+                next(self._sequence),
+                journal_through=applied.change_id,
+            )
+            if immediate:
+                self._autosave.discard(key)
+            else:
+                self._autosave.put(key, replace(pending, queued=True))
+                self._emit("queued", key, None)
+        if immediate:
+            self._store(key, pending)
+        return self._codec.to_model(view)
+
+    def pending(self, user_id: str, *, layout_id: str = "default") -> list[PendingChange]:
+        """Return the user's optimistic changes not yet confirmed by storage, oldest first."""
+        self._check_open()
+        return self._journal.pending(_key(user_id, layout_id))
 
     # -- history -------------------------------------------------------------------------
 
@@ -744,20 +822,46 @@ class PersistenceManager(Generic[DocT]):
                 return SaveResult(success=True, version=self._bases.get(key), source="unchanged")
             self._written[key] = max(pending.sequence, self._written.get(key, -1))
             try:
-                self._replay(key)
-                result = self._save_with_merges(key, pending)
-            except StorageUnavailableError as exc:
-                return self._park(key, pending, exc)
-            except OutboxBlockedError as exc:
-                # Order per document must hold: this save waits behind the blocked entry.
-                return self._park(key, pending, exc)
+                try:
+                    self._replay(key)
+                    result = self._save_with_merges(key, pending)
+                except (StorageUnavailableError, OutboxBlockedError) as exc:
+                    # Storage cannot take it now; order per document must hold behind a
+                    # blocked entry too. The outbox keeps it (or raises when there is none).
+                    result = self._park(key, pending, exc)
             except DashPersistError as exc:
                 self._emit("save_failed", key, None, error=exc)
+                self._settle_failure(key, pending, exc)
                 raise
-        kind: EventKind = "merged" if result.merge is not None else "saved"
-        if result.source != "unchanged":
-            self._emit(kind, key, result.version)
+            self._settle_success(key, pending, result)
+        if result.source not in ("unchanged", "outbox"):
+            self._emit("merged" if result.merge is not None else "saved", key, result.version)
         return result
+
+    def _settle_success(self, key: DocumentKey, pending: _Pending, result: SaveResult) -> None:
+        if pending.journal_through is not None:
+            self._journal.confirm(key, pending.journal_through, pending.plain, result)
+
+    def _settle_failure(self, key: DocumentKey, pending: _Pending, error: DashPersistError) -> None:
+        """Roll back the optimistic changes a failed write carried; queue the rebased rest."""
+        if pending.journal_through is None:
+            return
+        view = self._journal.fail(key, pending.journal_through, error, check=self._codec.validate)
+        self._emit("rolled_back", key, None, error=error)
+        rest = self._journal.pending(key)
+        if view is not None and rest:
+            self._autosave.put(
+                key,
+                _Pending(
+                    view,
+                    "auto",
+                    None,
+                    None,
+                    next(self._sequence),
+                    queued=True,
+                    journal_through=rest[-1].change_id,
+                ),
+            )
 
     def _save_with_merges(self, key: DocumentKey, pending: _Pending) -> SaveResult:
         for attempt in range(1, _MERGE_ATTEMPTS + 1):
@@ -894,7 +998,13 @@ class PersistenceManager(Generic[DocT]):
         """The autosave worker's write (also `flush`'s)."""
         if pending.description is None and pending.change_type == "manual":
             pending = replace(pending, change_type="auto")
-        return self._store(key, pending)
+        try:
+            return self._store(key, pending)
+        except DashPersistError as exc:
+            if pending.journal_through is None:
+                raise  # stays queued; flush raises it
+            # Optimistic changes were rolled back (and the rest requeued): done with it.
+            return SaveResult(success=False, version=None, source="storage", error=exc)
 
     def _on_autosave_error(self, key: DocumentKey, error: BaseException) -> None:
         if isinstance(error, Exception):
@@ -965,12 +1075,15 @@ class PersistenceManager(Generic[DocT]):
                 entry.description,
             )
             base = base_document
-            if base is None and current is not None and current.version != base_version:
-                base = {}
-                if base_version is not None:
-                    base, _ = self._retry(
-                        lambda: self._versions.get_document(key, base_version or 0)
-                    )
+            # An entry with no base was saved blind (the manager had not read the document):
+            # it overwrites, as the same save online would have.
+            if (
+                base is None
+                and current is not None
+                and base_version is not None
+                and current.version != base_version
+            ):
+                base, _ = self._retry(lambda: self._versions.get_document(key, base_version))
             if current is not None and base is not None:
                 result = self._resolver.resolve(base, document, current.document)
                 if checksum(result.layout) != checksum(document):
