@@ -266,6 +266,10 @@ class AsyncPersistenceManager(Generic[DocT]):
         """Check checksums and the hash chain; see `PersistenceManager.verify`."""
         return await self._call(self._manager.verify, user_id, layout_id=layout_id)
 
+    async def verify_store(self) -> IntegrityReport:
+        """Verify every document in the store; see `PersistenceManager.verify_store`."""
+        return await self._call(self._manager.verify_store)
+
     def register_migration(self, from_version: int, upcast: Upcast) -> None:
         """Register a schema upgrade; see `PersistenceManager.register_migration`.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import itertools
 import logging
@@ -582,6 +583,20 @@ class PersistenceManager(Generic[DocT]):
         self._check_open()
         key = _key(user_id, layout_id)
         return self._retry(lambda: self._versions.verify(key))
+
+    def verify_store(self) -> IntegrityReport:
+        """Verify every document of every user in the store (see `verify`)."""
+        self._check_open()
+        reports: list[IntegrityReport] = []
+        for user_id in self._retry(self._storage.user_ids):
+            for layout_id in self._retry(functools.partial(self._storage.layout_ids, user_id)):
+                key = DocumentKey(user_id, layout_id)
+                reports.append(self._retry(functools.partial(self._versions.verify, key)))
+        return IntegrityReport(
+            documents_checked=sum(r.documents_checked for r in reports),
+            versions_checked=sum(r.versions_checked for r in reports),
+            problems=[problem for report in reports for problem in report.problems],
+        )
 
     def register_migration(self, from_version: int, upcast: Upcast) -> None:
         """Register how to upgrade a document of schema *from_version* to *from_version* + 1.

@@ -271,3 +271,16 @@ def test_auto_saves_get_a_summary_as_their_description(storage: Storage) -> None
     pm.save_layout("alice", moved, change_type="auto")
 
     assert pm.get_version_history("alice")[0].description == "Moved widget 'w0'"
+
+
+def test_verify_store_checks_every_document_of_every_user(storage: Storage) -> None:
+    pm = manager_for(storage, keyframe_interval=3)
+    for user in ("alice", "bob"):
+        for revision in range(1, 5):
+            pm.save_layout(user, board(revision), layout_id=f"{user}-board")
+    pm.save_layout("alice", board(9), layout_id="second")
+
+    report = pm.verify_store()
+
+    assert report.ok
+    assert (report.documents_checked, report.versions_checked) == (3, 9)
