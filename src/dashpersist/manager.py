@@ -7,12 +7,11 @@ import functools
 import hashlib
 import itertools
 import logging
-import random
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -22,12 +21,12 @@ import platformdirs
 import pydantic
 from typing_extensions import TypeVar as TypeVarWithDefault
 
-from dashpersist._canonical import checksum, copy_json
-from dashpersist._retry import call_with_retries
+from dashpersist._canonical import checksum
 from dashpersist.autosave import AutosaveQueue
 from dashpersist.cache import ReadCache, invalidate_everywhere, register_cache
-from dashpersist.changes import LayoutDiff, describe_changes, summarize
+from dashpersist.changes import LayoutDiff, describe_changes
 from dashpersist.codec import DocumentCodec
+from dashpersist.committer import CachedDocument, Committer, LostRace, PendingSave
 from dashpersist.config import PersistenceConfig
 from dashpersist.encryption import FieldEncryptor, KeyRing
 from dashpersist.errors import (
@@ -48,7 +47,7 @@ from dashpersist.migrations import SchemaMigrator, Upcast, schema_version_of
 from dashpersist.models import Layout, SaveResult, SyncResult, Versioned, VersionInfo
 from dashpersist.outbox import Outbox, OutboxEntry
 from dashpersist.patch import make_patch
-from dashpersist.storage.protocol import DocumentKey, Storage, StoredDocument, VersionRecord
+from dashpersist.storage.protocol import DocumentKey, Storage
 from dashpersist.storage.urls import ReconnectingStorage
 from dashpersist.sync import ReplayReport, Synchronizer
 from dashpersist.types import ChangeType, JsonObject, JsonPatch
@@ -61,12 +60,6 @@ DocT = TypeVarWithDefault("DocT", bound=pydantic.BaseModel, default=Layout)
 T = TypeVar("T")
 _LOG = logging.getLogger(__name__)
 
-_MERGE_ATTEMPTS = 10
-"""Rounds of read-merge-write a save tries before giving up to a document that keeps moving."""
-_MERGE_BACKOFF = 0.005
-"""Seconds; the wait before merge round n is drawn from [0, n * _MERGE_BACKOFF] so that
-writers racing for one document fall out of step."""
-
 
 def default_store_url() -> str:
     """Return the URL of the embedded default store.
@@ -77,28 +70,6 @@ def default_store_url() -> str:
     folder = Path(platformdirs.user_data_dir("dashpersist", appauthor=False))
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'dashpersist.db'}"
-
-
-class _LostRace(Exception):  # noqa: N818 - internal signal, never escapes the manager
-    """Another writer committed between our read and our write; merge and try again."""
-
-    def __init__(self, conflict: ConflictError) -> None:
-        super().__init__(str(conflict))
-        self.conflict = conflict
-
-
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    """A validated save on its way to storage; ``sequence`` orders saves of one manager."""
-
-    plain: JsonObject
-    change_type: ChangeType
-    description: str | None
-    label: str | None
-    sequence: int
-    base_version: int | None = None
-    queued: bool = False
-    journal_through: int | None = None
 
 
 _LIVE_MANAGERS: weakref.WeakSet[PersistenceManager[Any]] = weakref.WeakSet()
@@ -139,14 +110,6 @@ def _identity(storage: Storage) -> str | None:
     if isinstance(root, Path):
         return f"jsonfile://{root.resolve()}"
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class _Cached(Generic[DocT]):
-    """A cache entry: the stored form, and the model built from it once it was loaded."""
-
-    stored: StoredDocument
-    model: DocT | None = None
 
 
 class PersistenceManager(Generic[DocT]):
@@ -198,11 +161,22 @@ class PersistenceManager(Generic[DocT]):
         self._codec = DocumentCodec(
             schema, validator, SchemaMigrator(schema_version_of(schema)), self._make_encryptor()
         )
-        self._cache: ReadCache[_Cached[DocT]] = ReadCache(
+        self._cache: ReadCache[CachedDocument[DocT]] = ReadCache(
             maxsize=self._config.cache_size, ttl=self._config.cache_ttl
         )
         register_cache(self._storage, self._cache)
-        self._bases: dict[DocumentKey, int] = {}
+        self._committer: Committer[DocT] = Committer(
+            self._storage,
+            self._versions,
+            self._codec,
+            self._resolver,
+            self._cache,
+            config=lambda: self._config,
+            device_id=device_id,
+            clock=self._clock,
+            sleep=sleep,
+        )
+        self._bases = self._committer.bases
         self._key_locks: dict[DocumentKey, threading.RLock] = {}
         self._locks_guard = threading.Lock()
         self._closed = False
@@ -211,7 +185,7 @@ class PersistenceManager(Generic[DocT]):
         self._sequence = itertools.count()
         self._written: dict[DocumentKey, int] = {}
         self._start_threads = start_threads
-        self._autosave: AutosaveQueue[DocumentKey, _Pending, SaveResult] = AutosaveQueue(
+        self._autosave: AutosaveQueue[DocumentKey, PendingSave, SaveResult] = AutosaveQueue(
             self._write_queued,
             delay=self._config.auto_save_delay,
             max_wait=self._config.auto_save_max_wait,
@@ -303,7 +277,7 @@ class PersistenceManager(Generic[DocT]):
         """
         self._check_open()
         key = _key(user_id, layout_id)
-        pending = _Pending(
+        pending = PendingSave(
             self._codec.validate(layout),
             change_type,
             description,
@@ -353,11 +327,11 @@ class PersistenceManager(Generic[DocT]):
         if entry is not None and entry.model is not None and self._codec.shares_models:
             self._bases[key] = entry.stored.version
             return Versioned(entry.model, entry.stored.version)
-        current = entry.stored if entry is not None else self._read(key)
+        current = entry.stored if entry is not None else self._committer.read(key)
         if current is None:
             return None
         model = self._codec.decode(key, current.document, current.schema_version)
-        self._cache.put(key, _Cached(current, model))
+        self._cache.put(key, CachedDocument(current, model))
         self._bases[key] = current.version
         return Versioned(model, current.version)
 
@@ -397,7 +371,7 @@ class PersistenceManager(Generic[DocT]):
             raise NotFoundError(f"{_key(user_id, source_layout_id)} does not exist")
         target = _key(user_id, target_layout_id)
         with self._lock_for(target):
-            current = self._read(target)
+            current = self._committer.read(target)
             if current is not None:
                 raise ConflictError(target, expected_version=None, actual_version=current.version)
             self._bases.pop(target, None)
@@ -461,7 +435,7 @@ class PersistenceManager(Generic[DocT]):
                 on_error=on_error,
                 on_rollback=on_rollback,
             )
-            pending = _Pending(
+            pending = PendingSave(
                 view,
                 "manual",
                 None,
@@ -551,12 +525,12 @@ class PersistenceManager(Generic[DocT]):
         model = self._codec.to_model(self._upgraded_version(key, version))
         with self._lock_for(key):
             self._cache.invalidate(key)
-            current = self._read(key)
+            current = self._committer.read(key)
             document = self._codec.encode(
                 key, model, previous=None if current is None else current.document
             )
             try:
-                self._commit(
+                self._committer.commit(
                     key,
                     current,
                     document,
@@ -565,7 +539,7 @@ class PersistenceManager(Generic[DocT]):
                     description=f"Rollback to version {version}",
                     label=None,
                 )
-            except _LostRace as lost:
+            except LostRace as lost:
                 raise lost.conflict from None
         return model
 
@@ -698,7 +672,7 @@ class PersistenceManager(Generic[DocT]):
                     f"{key}: the store is unreachable; kept in the outbox"
                 )
             self._cache.invalidate(key)
-            current = self._read(key)
+            current = self._committer.read(key)
             version = None if current is None else current.version
             if version is not None:
                 self._bases[key] = version
@@ -786,48 +760,9 @@ class PersistenceManager(Generic[DocT]):
             return self._key_locks.setdefault(key, threading.RLock())
 
     def _retry(self, operation: Callable[[], T]) -> T:
-        return call_with_retries(operation, self._config, sleep=self._sleep)
+        return self._committer.retry(operation)
 
-    def _read(self, key: DocumentKey) -> StoredDocument | None:
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached.stored
-        current = self._retry(lambda: self._storage.read(key))
-        if current is not None:
-            self._cache.put(key, _Cached(current))
-        return current
-
-    def _write(
-        self,
-        key: DocumentKey,
-        document: JsonObject,
-        record: VersionRecord,
-        *,
-        expected_version: int | None,
-    ) -> int:
-        try:
-            version = self._retry(
-                lambda: self._storage.write(
-                    key, document, record, expected_version=expected_version
-                )
-            )
-        except BaseException:
-            # Whatever happened, the cached copy may now be stale.
-            self._cache.invalidate(key)
-            raise
-        stored = StoredDocument(
-            key=key,
-            document=document,
-            version=version,
-            checksum=record.checksum,
-            updated_at=record.created_at,
-            schema_version=record.schema_version,
-        )
-        invalidate_everywhere(self._storage, key)
-        self._cache.put(key, _Cached(stored))
-        return version
-
-    def _store(self, key: DocumentKey, pending: _Pending) -> SaveResult:
+    def _store(self, key: DocumentKey, pending: PendingSave) -> SaveResult:
         """Write a validated save now (from the caller or the autosave worker); park it in
         the outbox when storage stays unreachable."""
         with self._lock_for(key):
@@ -839,7 +774,7 @@ class PersistenceManager(Generic[DocT]):
             try:
                 try:
                     self._replay(key)
-                    result = self._save_with_merges(key, pending)
+                    result = self._committer.save(key, pending)
                 except (StorageUnavailableError, OutboxBlockedError) as exc:
                     # Storage cannot take it now; order per document must hold behind a
                     # blocked entry too. The outbox keeps it (or raises when there is none).
@@ -853,11 +788,13 @@ class PersistenceManager(Generic[DocT]):
             self._emit("merged" if result.merge is not None else "saved", key, result.version)
         return result
 
-    def _settle_success(self, key: DocumentKey, pending: _Pending, result: SaveResult) -> None:
+    def _settle_success(self, key: DocumentKey, pending: PendingSave, result: SaveResult) -> None:
         if pending.journal_through is not None:
             self._journal.confirm(key, pending.journal_through, pending.plain, result)
 
-    def _settle_failure(self, key: DocumentKey, pending: _Pending, error: DashPersistError) -> None:
+    def _settle_failure(
+        self, key: DocumentKey, pending: PendingSave, error: DashPersistError
+    ) -> None:
         """Roll back the optimistic changes a failed write carried; queue the rebased rest."""
         if pending.journal_through is None:
             return
@@ -867,7 +804,7 @@ class PersistenceManager(Generic[DocT]):
         if view is not None and rest:
             self._autosave.put(
                 key,
-                _Pending(
+                PendingSave(
                     view,
                     "auto",
                     None,
@@ -878,138 +815,7 @@ class PersistenceManager(Generic[DocT]):
                 ),
             )
 
-    def _save_with_merges(self, key: DocumentKey, pending: _Pending) -> SaveResult:
-        for attempt in range(1, _MERGE_ATTEMPTS + 1):
-            try:
-                return self._save_once(key, pending)
-            except _LostRace as lost:
-                # Our cached view was stale or another writer won the race: read the store
-                # again and merge; the base stays what the caller last saw.
-                if attempt == _MERGE_ATTEMPTS:
-                    raise lost.conflict from None
-                self._sleep(random.uniform(0, attempt * _MERGE_BACKOFF))  # noqa: S311
-        raise AssertionError("unreachable")
-
-    def _save_once(self, key: DocumentKey, pending: _Pending) -> SaveResult:
-        change_type, description, label = pending.change_type, pending.description, pending.label
-        current = self._read(key)
-        actual = None if current is None else current.version
-        base = pending.base_version or self._bases.get(key, actual)
-        if base != actual:
-            if not self._config.enable_conflict_resolution or current is None or base is None:
-                raise ConflictError(key, expected_version=base, actual_version=actual)
-            return self._merge_and_commit(key, pending.plain, base, current, label)
-        document = self._codec.encrypt(
-            key, pending.plain, previous=None if current is None else current.document
-        )
-        digest = checksum(document)
-        if current is not None and current.checksum == digest:
-            self._bases[key] = current.version
-            return SaveResult(success=True, version=current.version, source="unchanged")
-        if description is None and change_type == "auto" and current is not None:
-            description = summarize(describe_changes(current.document, document))
-        version = self._commit(
-            key,
-            current,
-            document,
-            digest,
-            change_type=change_type,
-            description=description,
-            label=label,
-        )
-        return SaveResult(success=True, version=version, source="storage")
-
-    def _merge_and_commit(
-        self,
-        key: DocumentKey,
-        plain: JsonObject,
-        base_version: int,
-        current: StoredDocument,
-        label: str | None,
-    ) -> SaveResult:
-        try:
-            base, _ = self._retry(lambda: self._versions.get_document(key, base_version))
-        except NotFoundError as exc:
-            raise ConflictError(
-                key,
-                expected_version=base_version,
-                actual_version=current.version,
-                message=f"{key} moved on from version {base_version} to {current.version}, "
-                f"and version {base_version} is no longer in history to merge from",
-            ) from exc
-        # Encrypting against the base keeps the base's ciphertext for secrets this save
-        # did not change, so the merge sees no change there.
-        local = self._codec.encrypt(key, plain, previous=base)
-        result = self._resolver.resolve(
-            base, local, current.document, local_time=self._clock(), remote_time=current.updated_at
-        )
-        merged = result.layout
-        # The merged document must pass validation like any save.
-        self._codec.validator.check_json(self._codec.plain(key, merged, current.schema_version))
-        digest = checksum(merged)
-        if digest == current.checksum:
-            self._bases[key] = current.version
-            return SaveResult(
-                success=True, version=current.version, source="unchanged", merge=result
-            )
-        description = f"Merged with version {current.version}"
-        if result.conflicts:
-            description += f"; {len(result.conflicts)} conflict(s) at " + ", ".join(
-                c.path for c in result.conflicts[:5]
-            )
-        version = self._commit(
-            key,
-            current,
-            copy_json(merged),
-            digest,
-            change_type="conflict_resolution",
-            description=description,
-            label=label,
-        )
-        return SaveResult(success=True, version=version, source="storage", merge=result)
-
-    def _commit(
-        self,
-        key: DocumentKey,
-        current: StoredDocument | None,
-        document: JsonObject,
-        digest: str,
-        *,
-        change_type: ChangeType,
-        description: str | None,
-        label: str | None,
-        idempotency_key: str | None = None,
-        device_id: str | None = None,
-    ) -> int:
-        """Write *document* over *current* with its history record; apply retention."""
-        record = self._versions.record_for(
-            current,
-            document,
-            change_type=change_type,
-            description=description,
-            device_id=device_id or self._device_id,
-            label=label,
-            idempotency_key=idempotency_key,
-            schema_version=self._codec.migrator.current_version,
-            document_checksum=digest,
-        )
-        try:
-            version = self._write(
-                key, document, record, expected_version=None if current is None else current.version
-            )
-        except ConflictError as exc:
-            if self._config.enable_conflict_resolution:
-                raise _LostRace(exc) from exc
-            raise
-        self._bases[key] = version
-        keep = self._config.max_versions if self._config.enable_versioning else 1
-        # Trim in batches of a tenth of max_versions: each trim rebuilds a keyframe.
-        batch = max(1, keep // 10)
-        if version > keep and (version - keep) % batch == 0:
-            self._retry(lambda: self._versions.apply_retention(key, keep=keep))
-        return version
-
-    def _write_queued(self, key: DocumentKey, pending: _Pending) -> SaveResult:
+    def _write_queued(self, key: DocumentKey, pending: PendingSave) -> SaveResult:
         """The autosave worker's write (also `flush`'s)."""
         if pending.description is None and pending.change_type == "manual":
             pending = replace(pending, change_type="auto")
@@ -1025,7 +831,7 @@ class PersistenceManager(Generic[DocT]):
         if isinstance(error, Exception):
             self._emit("save_failed", key, None, error=error)
 
-    def _park(self, key: DocumentKey, pending: _Pending, cause: DashPersistError) -> SaveResult:
+    def _park(self, key: DocumentKey, pending: PendingSave, cause: DashPersistError) -> SaveResult:
         """Keep a save that storage cannot take now in the durable outbox."""
         sync = self._synchronizer(create=True)
         if sync is None:
@@ -1074,54 +880,6 @@ class PersistenceManager(Generic[DocT]):
                 except OutboxBlockedError:
                     continue
 
-    def _commit_entry(
-        self, entry: OutboxEntry, base_version: int | None, base_document: JsonObject | None
-    ) -> int:
-        """Write one outbox entry edited on top of *base_version* (and, when it followed
-        another offline entry, of that entry's *base_document*), merging with whatever
-        the store holds now."""
-        key = entry.key
-        for attempt in range(1, _MERGE_ATTEMPTS + 1):
-            self._cache.invalidate(key)
-            current = self._read(key)
-            document, change_type, description = (
-                entry.document,
-                entry.change_type,
-                entry.description,
-            )
-            base = base_document
-            # An entry with no base was saved blind (the manager had not read the document):
-            # it overwrites, as the same save online would have.
-            if (
-                base is None
-                and current is not None
-                and base_version is not None
-                and current.version != base_version
-            ):
-                base, _ = self._retry(lambda: self._versions.get_document(key, base_version))
-            if current is not None and base is not None:
-                result = self._resolver.resolve(base, document, current.document)
-                if checksum(result.layout) != checksum(document):
-                    change_type = "sync"
-                    description = f"Offline edit merged with version {current.version}"
-                document = copy_json(result.layout)
-            try:
-                return self._commit(
-                    key,
-                    current,
-                    document,
-                    checksum(document),
-                    change_type=change_type,
-                    description=description,
-                    label=entry.label,
-                    idempotency_key=entry.entry_id,
-                    device_id=entry.device_id,
-                )
-            except _LostRace as lost:
-                if attempt == _MERGE_ATTEMPTS:
-                    raise lost.conflict from None
-        raise AssertionError("unreachable")
-
     def _synchronizer(self, *, create: bool) -> Synchronizer | None:
         if self._sync is None and create and self._outbox_folder is not None:
             self._sync = self._new_synchronizer(self._outbox_folder)
@@ -1131,7 +889,7 @@ class PersistenceManager(Generic[DocT]):
         sync = Synchronizer(
             Outbox(folder),
             self._storage,
-            self._commit_entry,
+            self._committer.commit_entry,
             on_replayed=lambda entry, version: self._emit("outbox_replayed", entry.key, version),
             on_blocked=lambda entry, exc: self._emit("outbox_blocked", entry.key, None, error=exc),
         )

@@ -1,0 +1,328 @@
+"""Committer: compare-and-swap writes, merged three-way when the store moved on.
+
+A write reads the current version (through the read cache), compares it with the
+version the caller's edit started from (its base), and either writes from there or
+merges base, edit and current and writes the result; a write that loses a race to
+another writer is re-read and merged again, a bounded number of times. Each write
+stores its history record, and history is trimmed to ``max_versions``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+import pydantic
+
+from dashpersist._canonical import checksum, copy_json
+from dashpersist._retry import call_with_retries
+from dashpersist.cache import ReadCache, invalidate_everywhere
+from dashpersist.changes import describe_changes, summarize
+from dashpersist.codec import DocumentCodec
+from dashpersist.config import PersistenceConfig
+from dashpersist.errors import ConflictError, NotFoundError
+from dashpersist.merge import ConflictResolver
+from dashpersist.models import SaveResult
+from dashpersist.outbox import OutboxEntry
+from dashpersist.storage.protocol import DocumentKey, Storage, StoredDocument, VersionRecord
+from dashpersist.types import ChangeType, JsonObject
+from dashpersist.versions import VersionService
+
+__all__ = ["CachedDocument", "Committer", "LostRace", "PendingSave"]
+
+DocT = TypeVar("DocT", bound=pydantic.BaseModel)
+T = TypeVar("T")
+
+_MERGE_ATTEMPTS = 10
+"""Rounds of read-merge-write a save tries before giving up to a document that keeps moving."""
+_MERGE_BACKOFF = 0.005
+"""Seconds; the wait before merge round n is drawn from [0, n * _MERGE_BACKOFF] so that
+writers racing for one document fall out of step."""
+
+
+class LostRace(Exception):  # noqa: N818 - internal signal, never escapes the manager
+    """Another writer committed between our read and our write; merge and try again."""
+
+    def __init__(self, conflict: ConflictError) -> None:
+        super().__init__(str(conflict))
+        self.conflict = conflict
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSave:
+    """A validated save on its way to storage; ``sequence`` orders saves of one manager."""
+
+    plain: JsonObject
+    change_type: ChangeType
+    description: str | None
+    label: str | None
+    sequence: int
+    base_version: int | None = None
+    queued: bool = False
+    journal_through: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CachedDocument(Generic[DocT]):
+    """A cache entry: the stored form, and the model built from it once it was loaded."""
+
+    stored: StoredDocument
+    model: DocT | None = None
+
+
+class Committer(Generic[DocT]):
+    """Write documents with compare-and-swap, merging from the base when the store moved on."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        versions: VersionService,
+        codec: DocumentCodec[DocT],
+        resolver: ConflictResolver,
+        cache: ReadCache[CachedDocument[DocT]],
+        *,
+        config: Callable[[], PersistenceConfig],
+        device_id: str | None,
+        clock: Callable[[], datetime],
+        sleep: Callable[[float], None],
+    ) -> None:
+        self._storage = storage
+        self._versions = versions
+        self._codec = codec
+        self._resolver = resolver
+        self._cache = cache
+        self._current_config = config
+        self._device_id = device_id
+        self._clock = clock
+        self._sleep = sleep
+        self.bases: dict[DocumentKey, int] = {}
+        """Per document, the version the caller last loaded or saved: the next save's base."""
+
+    @property
+    def _config(self) -> PersistenceConfig:
+        return self._current_config()
+
+    def retry(self, operation: Callable[[], T]) -> T:
+        """Run a storage operation with the configured bounded retries."""
+        return call_with_retries(operation, self._config, sleep=self._sleep)
+
+    def read(self, key: DocumentKey) -> StoredDocument | None:
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached.stored
+        current = self.retry(lambda: self._storage.read(key))
+        if current is not None:
+            self._cache.put(key, CachedDocument(current))
+        return current
+
+    def _write(
+        self,
+        key: DocumentKey,
+        document: JsonObject,
+        record: VersionRecord,
+        *,
+        expected_version: int | None,
+    ) -> int:
+        try:
+            version = self.retry(
+                lambda: self._storage.write(
+                    key, document, record, expected_version=expected_version
+                )
+            )
+        except BaseException:
+            # Whatever happened, the cached copy may now be stale.
+            self._cache.invalidate(key)
+            raise
+        stored = StoredDocument(
+            key=key,
+            document=document,
+            version=version,
+            checksum=record.checksum,
+            updated_at=record.created_at,
+            schema_version=record.schema_version,
+        )
+        invalidate_everywhere(self._storage, key)
+        self._cache.put(key, CachedDocument(stored))
+        return version
+
+    def save(self, key: DocumentKey, pending: PendingSave) -> SaveResult:
+        for attempt in range(1, _MERGE_ATTEMPTS + 1):
+            try:
+                return self._save_once(key, pending)
+            except LostRace as lost:
+                # Our cached view was stale or another writer won the race: read the store
+                # again and merge; the base stays what the caller last saw.
+                if attempt == _MERGE_ATTEMPTS:
+                    raise lost.conflict from None
+                self._sleep(random.uniform(0, attempt * _MERGE_BACKOFF))  # noqa: S311
+        raise AssertionError("unreachable")
+
+    def _save_once(self, key: DocumentKey, pending: PendingSave) -> SaveResult:
+        change_type, description, label = pending.change_type, pending.description, pending.label
+        current = self.read(key)
+        actual = None if current is None else current.version
+        base = pending.base_version or self.bases.get(key, actual)
+        if base != actual:
+            if not self._config.enable_conflict_resolution or current is None or base is None:
+                raise ConflictError(key, expected_version=base, actual_version=actual)
+            return self._merge_and_commit(key, pending.plain, base, current, label)
+        document = self._codec.encrypt(
+            key, pending.plain, previous=None if current is None else current.document
+        )
+        digest = checksum(document)
+        if current is not None and current.checksum == digest:
+            self.bases[key] = current.version
+            return SaveResult(success=True, version=current.version, source="unchanged")
+        if description is None and change_type == "auto" and current is not None:
+            description = summarize(describe_changes(current.document, document))
+        version = self.commit(
+            key,
+            current,
+            document,
+            digest,
+            change_type=change_type,
+            description=description,
+            label=label,
+        )
+        return SaveResult(success=True, version=version, source="storage")
+
+    def _merge_and_commit(
+        self,
+        key: DocumentKey,
+        plain: JsonObject,
+        base_version: int,
+        current: StoredDocument,
+        label: str | None,
+    ) -> SaveResult:
+        try:
+            base, _ = self.retry(lambda: self._versions.get_document(key, base_version))
+        except NotFoundError as exc:
+            raise ConflictError(
+                key,
+                expected_version=base_version,
+                actual_version=current.version,
+                message=f"{key} moved on from version {base_version} to {current.version}, "
+                f"and version {base_version} is no longer in history to merge from",
+            ) from exc
+        # Encrypting against the base keeps the base's ciphertext for secrets this save
+        # did not change, so the merge sees no change there.
+        local = self._codec.encrypt(key, plain, previous=base)
+        result = self._resolver.resolve(
+            base, local, current.document, local_time=self._clock(), remote_time=current.updated_at
+        )
+        merged = result.layout
+        # The merged document must pass validation like any save.
+        self._codec.validator.check_json(self._codec.plain(key, merged, current.schema_version))
+        digest = checksum(merged)
+        if digest == current.checksum:
+            self.bases[key] = current.version
+            return SaveResult(
+                success=True, version=current.version, source="unchanged", merge=result
+            )
+        description = f"Merged with version {current.version}"
+        if result.conflicts:
+            description += f"; {len(result.conflicts)} conflict(s) at " + ", ".join(
+                c.path for c in result.conflicts[:5]
+            )
+        version = self.commit(
+            key,
+            current,
+            copy_json(merged),
+            digest,
+            change_type="conflict_resolution",
+            description=description,
+            label=label,
+        )
+        return SaveResult(success=True, version=version, source="storage", merge=result)
+
+    def commit(
+        self,
+        key: DocumentKey,
+        current: StoredDocument | None,
+        document: JsonObject,
+        digest: str,
+        *,
+        change_type: ChangeType,
+        description: str | None,
+        label: str | None,
+        idempotency_key: str | None = None,
+        device_id: str | None = None,
+    ) -> int:
+        """Write *document* over *current* with its history record; apply retention."""
+        record = self._versions.record_for(
+            current,
+            document,
+            change_type=change_type,
+            description=description,
+            device_id=device_id or self._device_id,
+            label=label,
+            idempotency_key=idempotency_key,
+            schema_version=self._codec.migrator.current_version,
+            document_checksum=digest,
+        )
+        try:
+            version = self._write(
+                key, document, record, expected_version=None if current is None else current.version
+            )
+        except ConflictError as exc:
+            if self._config.enable_conflict_resolution:
+                raise LostRace(exc) from exc
+            raise
+        self.bases[key] = version
+        keep = self._config.max_versions if self._config.enable_versioning else 1
+        # Trim in batches of a tenth of max_versions: each trim rebuilds a keyframe.
+        batch = max(1, keep // 10)
+        if version > keep and (version - keep) % batch == 0:
+            self.retry(lambda: self._versions.apply_retention(key, keep=keep))
+        return version
+
+    def commit_entry(
+        self, entry: OutboxEntry, base_version: int | None, base_document: JsonObject | None
+    ) -> int:
+        """Write one outbox entry edited on top of *base_version* (and, when it followed
+        another offline entry, of that entry's *base_document*), merging with whatever
+        the store holds now."""
+        key = entry.key
+        for attempt in range(1, _MERGE_ATTEMPTS + 1):
+            self._cache.invalidate(key)
+            current = self.read(key)
+            document, change_type, description = (
+                entry.document,
+                entry.change_type,
+                entry.description,
+            )
+            base = base_document
+            # An entry with no base was saved blind (the manager had not read the document):
+            # it overwrites, as the same save online would have.
+            if (
+                base is None
+                and current is not None
+                and base_version is not None
+                and current.version != base_version
+            ):
+                base, _ = self.retry(lambda: self._versions.get_document(key, base_version))
+            if current is not None and base is not None:
+                result = self._resolver.resolve(base, document, current.document)
+                if checksum(result.layout) != checksum(document):
+                    change_type = "sync"
+                    description = f"Offline edit merged with version {current.version}"
+                document = copy_json(result.layout)
+            try:
+                return self.commit(
+                    key,
+                    current,
+                    document,
+                    checksum(document),
+                    change_type=change_type,
+                    description=description,
+                    label=entry.label,
+                    idempotency_key=entry.entry_id,
+                    device_id=entry.device_id,
+                )
+            except LostRace as lost:
+                if attempt == _MERGE_ATTEMPTS:
+                    raise lost.conflict from None
+        raise AssertionError("unreachable")
