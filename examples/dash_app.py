@@ -24,7 +24,6 @@ browser only positions and the version.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import uuid
 from collections.abc import Sequence
@@ -39,14 +38,14 @@ from dashpersist import (
     Layout,
     PersistenceManager,
     SaveResult,
-    StorageUnavailableError,
     ValidationError,
     Widget,
     default_store_url,
 )
 
 Page: TypeAlias = dict[str, Any]
-"""What the browser keeps: ``{"user_id": str, "version": int | None, "document": {...}}``."""
+"""What the browser keeps: ``{"user_id": str, "client_id": str, "version": int | None,
+"document": {...}}``; ``client_id`` keeps this tab's queued saves apart from other tabs'."""
 
 GridItem: TypeAlias = dict[str, Any]
 """One tile as react-grid-layout reports it: ``{"i": id, "x": .., "y": .., "w": .., "h": ..}``."""
@@ -91,6 +90,7 @@ def open_page(pm: PersistenceManager, user_id: str) -> tuple[Page, str]:
         assert loaded is not None
     page = {
         "user_id": user_id,
+        "client_id": uuid.uuid4().hex,
         "version": loaded.version,
         "document": loaded.document.model_dump(mode="json"),
     }
@@ -144,19 +144,15 @@ def save_grid(
     if document == page["document"]:
         return page, None, None
     user_id = page["user_id"]
-    pending = pm.load_versioned(user_id)
-    if (
-        pending is not None
-        and pending.is_pending
-        and pending.document.model_dump(mode="json") != page["document"]
-    ):
-        # The manager queues one save per document: another tab's queued save would be
-        # replaced by this one. Write it first, so that this save merges with it. (If the
-        # store is down, it goes to the outbox, and this save queues up behind it.)
-        with contextlib.suppress(StorageUnavailableError):
-            pm.sync(user_id)
     try:
-        result = pm.save_layout(user_id, document, immediate=False, base_version=page["version"])
+        # client_id: autosave coalesces this tab's drags, never another tab's with these.
+        result = pm.save_layout(
+            user_id,
+            document,
+            immediate=False,
+            base_version=page["version"],
+            client_id=page["client_id"],
+        )
     except ValidationError as exc:
         return page, None, f"refused: {exc}"
     return {**page, "document": document}, result, status_of(result, pm)
@@ -169,7 +165,7 @@ def refresh(pm: PersistenceManager, page: Page) -> tuple[Page, str, bool]:
     stored document differs from the one the page shows).
     """
     user_id = page["user_id"]
-    loaded = pm.load_versioned(user_id)
+    loaded = pm.load_versioned(user_id, client_id=page["client_id"])
     if loaded is None:
         return page, "this layout was deleted", False
     if loaded.is_pending:

@@ -276,5 +276,8 @@ def test_the_dash_callback_opens_the_page_then_saves_a_drag(pm: PersistenceManag
     ]
     assert moved["status"]["children"].startswith("queued")
     assert widget(moved["page"]["data"], "churn")["y"] == 6
-    loaded = pm.load_layout("bob")
-    assert loaded is not None and loaded.widget("churn").y == 6
+    # The tab's own queued save, read back through its client id:
+    loaded = pm.load_versioned("bob", client_id=page["client_id"])
+    assert loaded is not None
+    assert loaded.is_pending
+    assert loaded.document.widget("churn").y == 6

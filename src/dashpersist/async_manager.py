@@ -166,6 +166,7 @@ class AsyncPersistenceManager(Generic[DocT]):
         change_type: ChangeType = "manual",
         label: str | None = None,
         base_version: int | None = None,
+        client_id: str | None = None,
     ) -> SaveResult:
         """Validate and commit *layout*; see `PersistenceManager.save_layout`."""
         return await self._call(
@@ -178,6 +179,7 @@ class AsyncPersistenceManager(Generic[DocT]):
             change_type=change_type,
             label=label,
             base_version=base_version,
+            client_id=client_id,
         )
 
     async def load_layout(self, user_id: str, *, layout_id: str = "default") -> DocT | None:
@@ -185,10 +187,12 @@ class AsyncPersistenceManager(Generic[DocT]):
         return await self._call(self._manager.load_layout, user_id, layout_id=layout_id)
 
     async def load_versioned(
-        self, user_id: str, *, layout_id: str = "default"
+        self, user_id: str, *, layout_id: str = "default", client_id: str | None = None
     ) -> Versioned[DocT] | None:
         """Return the current document with its version; see `PersistenceManager.load_versioned`."""
-        return await self._call(self._manager.load_versioned, user_id, layout_id=layout_id)
+        return await self._call(
+            self._manager.load_versioned, user_id, layout_id=layout_id, client_id=client_id
+        )
 
     async def list_layouts(self, user_id: str) -> list[str]:
         """Return the ids of the user's documents, sorted."""

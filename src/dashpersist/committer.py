@@ -61,6 +61,7 @@ class PendingSave:
     label: str | None
     sequence: int
     base_version: int | None = None
+    client_id: str | None = None
     queued: bool = False
     journal_through: int | None = None
 

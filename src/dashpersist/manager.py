@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar, cast
+from typing import Any, Generic, Self, TypeAlias, TypeVar, cast
 
 import platformdirs
 import pydantic
@@ -59,6 +59,9 @@ __all__ = ["PersistenceManager", "default_store_url"]
 DocT = TypeVarWithDefault("DocT", bound=pydantic.BaseModel, default=Layout)
 T = TypeVar("T")
 _LOG = logging.getLogger(__name__)
+
+_Slot: TypeAlias = tuple[DocumentKey, str | None]
+"""An autosave slot: a document and the client (``None``: this manager's own caller)."""
 
 
 def default_store_url() -> str:
@@ -158,9 +161,8 @@ class PersistenceManager(Generic[DocT]):
             raw_fields=self._config.encrypted_fields,
         )
         self._resolver = ConflictResolver.for_model(schema, prefer=self._config.merge_prefer)
-        self._codec = DocumentCodec(
-            schema, validator, SchemaMigrator(schema_version_of(schema)), self._make_encryptor()
-        )
+        self._codec = DocumentCodec(schema, validator, SchemaMigrator(schema_version_of(schema)))
+        self._codec.encryptor = self._make_encryptor()
         self._cache: ReadCache[CachedDocument[DocT]] = ReadCache(
             maxsize=self._config.cache_size, ttl=self._config.cache_ttl
         )
@@ -183,9 +185,9 @@ class PersistenceManager(Generic[DocT]):
         self._events = EventBus()
         self._journal = Journal()
         self._sequence = itertools.count()
-        self._written: dict[DocumentKey, int] = {}
+        self._written: dict[_Slot, int] = {}
         self._start_threads = start_threads
-        self._autosave: AutosaveQueue[DocumentKey, PendingSave, SaveResult] = AutosaveQueue(
+        self._autosave: AutosaveQueue[_Slot, PendingSave, SaveResult] = AutosaveQueue(
             self._write_queued,
             delay=self._config.auto_save_delay,
             max_wait=self._config.auto_save_max_wait,
@@ -248,12 +250,15 @@ class PersistenceManager(Generic[DocT]):
         change_type: ChangeType = "manual",
         label: str | None = None,
         base_version: int | None = None,
+        client_id: str | None = None,
     ) -> SaveResult:
         """Validate *layout* and commit it as the next version of the user's document.
 
         *base_version* is the version the edit started from; by default, the version this
         manager last loaded or saved for the document. Servers that share one manager
-        among many clients pass the version each client loaded (see `load_versioned`).
+        among many clients pass the version each client loaded (see `load_versioned`)
+        and a *client_id* per client (a browser tab, a session): autosave coalesces a
+        client's own edits, never one client's edit with another's.
 
         The write is a compare-and-swap from the version this manager last loaded or
         saved for the document (its base). When another writer moved the document on
@@ -284,13 +289,15 @@ class PersistenceManager(Generic[DocT]):
             label,
             next(self._sequence),
             base_version=base_version,
+            client_id=client_id,
         )
         if not immediate and self._config.auto_save:
-            self._autosave.put(key, replace(pending, queued=True))
+            self._autosave.put((key, client_id), replace(pending, queued=True))
             self._emit("queued", key, None)
             return SaveResult(success=True, version=None, source="queued")
-        # This save is newer than anything queued for the document: it supersedes it.
-        self._autosave.discard(key)
+        # Newer than anything this client queued for the document: it supersedes that.
+        # Other clients' queued saves stay queued and merge when they are written.
+        self._autosave.discard((key, client_id))
         return self._store(key, pending)
 
     def load_layout(self, user_id: str, *, layout_id: str = "default") -> DocT | None:
@@ -305,17 +312,20 @@ class PersistenceManager(Generic[DocT]):
         loaded = self.load_versioned(user_id, layout_id=layout_id)
         return None if loaded is None else loaded.document
 
-    def load_versioned(self, user_id: str, *, layout_id: str = "default") -> Versioned[DocT] | None:
+    def load_versioned(
+        self, user_id: str, *, layout_id: str = "default", client_id: str | None = None
+    ) -> Versioned[DocT] | None:
         """Return the user's current document with the version it is, or builds on.
 
         For a server that many clients share, hand ``version`` to the client and take it
         back as ``save_layout(..., base_version=...)``: a stale client's save then merges
         from the version that client really saw. ``is_pending`` says the document holds
-        saves of this manager not yet in storage (``version`` is then their base).
+        saves of this manager not yet in storage (``version`` is then their base);
+        *client_id* picks whose queued save that is (see `save_layout`).
         """
         self._check_open()
         key = _key(user_id, layout_id)
-        queued = self._autosave.pending(key)
+        queued = self._autosave.pending((key, client_id))
         if queued is not None:
             base = queued.base_version or self._bases.get(key)
             return Versioned(self._codec.to_model(queued.plain), base, is_pending=True)
@@ -342,15 +352,23 @@ class PersistenceManager(Generic[DocT]):
         return self._retry(lambda: self._storage.layout_ids(user_id))
 
     def delete_layout(self, user_id: str, *, layout_id: str = "default") -> None:
-        """Delete the user's document and its history; raise `NotFoundError` if absent."""
+        """Delete the user's document and its history; raise `NotFoundError` if absent.
+
+        Saves of this manager still queued for the document are dropped with it.
+        """
         self._check_open()
         key = _key(user_id, layout_id)
         with self._lock_for(key):
+            # Saves still queued for the document would bring it back: they go with it.
+            for slot in self._queued_slots(key):
+                self._autosave.discard(slot)
+            self._journal.forget(key)
             try:
                 self._retry(lambda: self._storage.delete(key))
             finally:
                 invalidate_everywhere(self._storage, key)
                 self._bases.pop(key, None)
+        self._emit("deleted", key, None)
 
     def clone_layout(
         self,
@@ -379,6 +397,7 @@ class PersistenceManager(Generic[DocT]):
             user_id,
             source,
             layout_id=target_layout_id,
+            immediate=True,
             description=description or f"Cloned from {source_layout_id!r}",
         )
 
@@ -444,9 +463,9 @@ class PersistenceManager(Generic[DocT]):
                 journal_through=applied.change_id,
             )
             if immediate:
-                self._autosave.discard(key)
+                self._autosave.discard((key, None))
             else:
-                self._autosave.put(key, replace(pending, queued=True))
+                self._autosave.put((key, None), replace(pending, queued=True))
                 self._emit("queued", key, None)
         if immediate:
             self._store(key, pending)
@@ -541,6 +560,7 @@ class PersistenceManager(Generic[DocT]):
                 )
             except LostRace as lost:
                 raise lost.conflict from None
+        self._emit("rolled_back", key, self._bases.get(key))
         return model
 
     def cleanup_old_versions(self, user_id: str, *, keep: int, layout_id: str = "default") -> int:
@@ -604,8 +624,13 @@ class PersistenceManager(Generic[DocT]):
     def register_widget_type(
         self, type_name: str, settings_model: type[pydantic.BaseModel]
     ) -> None:
-        """Validate the settings of widgets of *type_name* with *settings_model* from now on."""
+        """Validate the settings of widgets of *type_name* with *settings_model* from now on.
+
+        Fields the model marks `dashpersist.encryption.Encrypted` are encrypted from now on
+        (when ``enable_encryption`` is on).
+        """
         self._codec.validator.register_widget_type(type_name, settings_model)
+        self._codec.encryptor = self._make_encryptor()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -665,8 +690,11 @@ class PersistenceManager(Generic[DocT]):
         before = self._bases.get(key)
         with self._lock_for(key):
             report = self._replay(key)
-            queued = self._autosave.discard(key)
-            saved = None if queued is None else self._store(key, queued)
+            saved = None
+            for slot in self._queued_slots(key):
+                queued = self._autosave.discard(slot)
+                if queued is not None:
+                    saved = self._write_queued(slot, queued)
             if saved is not None and saved.source == "outbox":
                 raise StorageUnavailableError(
                     f"{key}: the store is unreachable; kept in the outbox"
@@ -766,11 +794,12 @@ class PersistenceManager(Generic[DocT]):
         """Write a validated save now (from the caller or the autosave worker); park it in
         the outbox when storage stays unreachable."""
         with self._lock_for(key):
-            if pending.queued and pending.sequence < self._written.get(key, -1):
-                # A newer save of this document was written already (an immediate save
+            slot = (key, pending.client_id)
+            if pending.queued and pending.sequence < self._written.get(slot, -1):
+                # A newer save of this client was written already (an immediate save
                 # overtook this queued one): writing this one would resurrect old state.
                 return SaveResult(success=True, version=self._bases.get(key), source="unchanged")
-            self._written[key] = max(pending.sequence, self._written.get(key, -1))
+            self._written[slot] = max(pending.sequence, self._written.get(slot, -1))
             try:
                 try:
                     self._replay(key)
@@ -799,11 +828,10 @@ class PersistenceManager(Generic[DocT]):
         if pending.journal_through is None:
             return
         view = self._journal.fail(key, pending.journal_through, error, check=self._codec.validate)
-        self._emit("rolled_back", key, None, error=error)
         rest = self._journal.pending(key)
         if view is not None and rest:
             self._autosave.put(
-                key,
+                (key, None),
                 PendingSave(
                     view,
                     "auto",
@@ -815,8 +843,9 @@ class PersistenceManager(Generic[DocT]):
                 ),
             )
 
-    def _write_queued(self, key: DocumentKey, pending: PendingSave) -> SaveResult:
-        """The autosave worker's write (also `flush`'s)."""
+    def _write_queued(self, slot: _Slot, pending: PendingSave) -> SaveResult:
+        """The autosave worker's write (also `flush`'s and `sync`'s)."""
+        key = slot[0]
         if pending.description is None and pending.change_type == "manual":
             pending = replace(pending, change_type="auto")
         try:
@@ -827,9 +856,13 @@ class PersistenceManager(Generic[DocT]):
             # Optimistic changes were rolled back (and the rest requeued): done with it.
             return SaveResult(success=False, version=None, source="storage", error=exc)
 
-    def _on_autosave_error(self, key: DocumentKey, error: BaseException) -> None:
+    def _on_autosave_error(self, slot: _Slot, error: BaseException) -> None:
         if isinstance(error, Exception):
-            self._emit("save_failed", key, None, error=error)
+            self._emit("save_failed", slot[0], None, error=error)
+
+    def _queued_slots(self, key: DocumentKey) -> list[_Slot]:
+        """The autosave slots (one per client) holding queued saves of *key*."""
+        return [slot for slot in self._autosave.pending_keys() if slot[0] == key]
 
     def _park(self, key: DocumentKey, pending: PendingSave, cause: DashPersistError) -> SaveResult:
         """Keep a save that storage cannot take now in the durable outbox."""
@@ -925,7 +958,9 @@ class PersistenceManager(Generic[DocT]):
                 "enable_encryption is on but no keyring was given: "
                 "PersistenceManager(..., keyring=KeyRing({'k1': KeyRing.generate_key()}))"
             )
-        return FieldEncryptor(self._keyring, self._config.encrypted_fields)
+        # Fields marked Encrypted on registered settings models count as well.
+        fields = [*self._config.encrypted_fields, *self._codec.validator.encrypted_fields()]
+        return FieldEncryptor(self._keyring, fields)
 
 
 def _key(user_id: str, layout_id: str) -> DocumentKey:

@@ -148,7 +148,7 @@ def test_duplicate_widget_ids_are_refused_at_the_second_widget() -> None:
 
 
 def test_messages_never_echo_the_refused_value() -> None:
-    secret = "hunter2-very-secret"  # noqa: S105 - the value that must not leak
+    secret = "hunter2-very-secret"
     docs = [
         {"widgets": [{"id": "w1", "type": "chart", "x": secret}]},
         {"theme": secret + "\x00"},
