@@ -41,17 +41,24 @@ class DocumentCodec(Generic[DocT]):
         # A frozen model (like Layout) can be handed to every reader; others are copied.
         self.shares_models = bool(schema.model_config.get("frozen"))
 
-    def validate(self, document: DocT | JsonObject) -> JsonObject:
+    def validate(self, document: DocT | JsonObject, *, owned: bool = False) -> JsonObject:
         """Return *document* validated as plain JSON that shares nothing with the input.
 
-        Raises `ValidationError` (limits, schema, hostile values), before any storage work.
+        ``owned=True`` says nobody else holds the dict (it was just built), so it is not
+        copied. Raises `ValidationError` (limits, schema, hostile values), before any
+        storage work.
         """
         if isinstance(document, pydantic.BaseModel):
             # A fresh dump: nobody else holds it.
             return self.validator.check_json(cast(JsonObject, document.model_dump(mode="json")))
+        checked = self.validator.check_json(document)
         # check_json shares unchanged parts with its input, and the caller may go on
         # changing its dict: keep a copy of our own.
-        return copy_json(self.validator.check_json(document))
+        return checked if owned else copy_json(checked)
+
+    def validate_owned(self, document: JsonObject) -> JsonObject:
+        """`validate` for a dict nobody else holds."""
+        return self.validate(document, owned=True)
 
     def encrypt(
         self, key: DocumentKey, plain: JsonObject, *, previous: JsonObject | None

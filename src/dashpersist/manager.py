@@ -21,7 +21,7 @@ import platformdirs
 import pydantic
 from typing_extensions import TypeVar as TypeVarWithDefault
 
-from dashpersist._canonical import checksum
+from dashpersist._canonical import checksum, copy_json
 from dashpersist.autosave import AutosaveQueue
 from dashpersist.cache import ReadCache, invalidate_everywhere, register_cache
 from dashpersist.changes import LayoutDiff, describe_changes
@@ -184,6 +184,7 @@ class PersistenceManager(Generic[DocT]):
         self._closed = False
         self._events = EventBus()
         self._journal = Journal()
+        self._view_models: dict[DocumentKey, tuple[JsonObject, DocT]] = {}
         self._sequence = itertools.count()
         self._written: dict[_Slot, int] = {}
         self._start_threads = start_threads
@@ -428,15 +429,25 @@ class PersistenceManager(Generic[DocT]):
         """
         self._check_open()
         key = _key(user_id, layout_id)
+        produced: list[DocT] = []
         journal_change: Change
         if callable(change):
             model_change = change
 
             def journal_change(document: JsonObject) -> JsonObject:
-                changed = model_change(self._codec.to_model(document))
+                # The model of the current view is kept, so a run of applies does not
+                # rebuild it from JSON each time (rebases after a failure do).
+                known = self._view_models.get(key)
+                model = (
+                    known[1] if known and known[0] is document else self._codec.to_model(document)
+                )
+                changed = model_change(model)
+                if isinstance(changed, self._schema):
+                    produced.append(changed)
+                    return cast(JsonObject, changed.model_dump(mode="json"))
                 if isinstance(changed, pydantic.BaseModel):
                     return cast(JsonObject, changed.model_dump(mode="json"))
-                return changed
+                return copy_json(changed)  # the host may keep changing its dict
 
         else:
             journal_change = change
@@ -445,11 +456,13 @@ class PersistenceManager(Generic[DocT]):
             if not self._journal.has_pending(key):
                 loaded = self.load_versioned(user_id, layout_id=layout_id)
                 confirmed = None if loaded is None else loaded.document.model_dump(mode="json")
+                if loaded is not None and confirmed is not None:
+                    self._view_models[key] = (confirmed, loaded.document)
             applied, view = self._journal.apply(
                 key,
                 confirmed,
                 journal_change,
-                check=self._codec.validate,
+                check=self._codec.validate_owned,
                 on_success=on_success,
                 on_error=on_error,
                 on_rollback=on_rollback,
@@ -467,9 +480,11 @@ class PersistenceManager(Generic[DocT]):
             else:
                 self._autosave.put((key, None), replace(pending, queued=True))
                 self._emit("queued", key, None)
+            model = produced[-1] if produced else self._codec.to_model(view)
+            self._view_models[key] = (view, model)
         if immediate:
             self._store(key, pending)
-        return self._codec.to_model(view)
+        return model
 
     def pending(self, user_id: str, *, layout_id: str = "default") -> list[PendingChange]:
         """Return the user's optimistic changes not yet confirmed by storage, oldest first."""

@@ -137,15 +137,24 @@ class Layout(BaseModel):
         """Return a copy with *widget* added at the end, or replacing the widget with its id."""
         widgets = [w for w in self.widgets if w.id != widget.id]
         index = next((i for i, w in enumerate(self.widgets) if w.id == widget.id), len(widgets))
-        widgets.insert(index, widget)
-        return self.with_changes(widgets=[w.model_dump(mode="json") for w in widgets])
+        widgets.insert(
+            index, Widget.model_validate(widget) if type(widget) is not Widget else widget
+        )
+        return self._with_widgets(tuple(widgets))
 
     def without_widget(self, widget_id: str) -> Self:
         """Return a copy without the widget *widget_id*; raise `KeyError` if there is none."""
         self.widget(widget_id)
-        return self.with_changes(
-            widgets=[w.model_dump(mode="json") for w in self.widgets if w.id != widget_id]
-        )
+        return self._with_widgets(tuple(w for w in self.widgets if w.id != widget_id))
+
+    def _with_widgets(self, widgets: tuple[Widget, ...]) -> Self:
+        # Every widget is a validated, immutable Widget already: only the rules across
+        # widgets need checking, which is far cheaper than validating the whole layout.
+        changed = self.model_copy(update={"widgets": widgets})
+        if changed._grid_problem() is not None:
+            # Raise exactly the error full validation gives.
+            return self.with_changes(widgets=[w.model_dump(mode="json") for w in widgets])
+        return changed
 
     def update_widget(self, widget_id: str, **changes: object) -> Self:
         """Return a copy in which widget *widget_id* has *changes*, e.g. ``x=0, y=4``."""
@@ -153,22 +162,28 @@ class Layout(BaseModel):
 
     @model_validator(mode="after")
     def _check_grid(self) -> Layout:
+        problem = self._grid_problem()
+        if problem is not None:
+            raise problem
+        return self
+
+    def _grid_problem(self) -> PydanticCustomError | None:
         seen: set[str] = set()
         for index, widget in enumerate(self.widgets):
             if widget.id in seen:
-                raise PydanticCustomError(
+                return PydanticCustomError(
                     "duplicate_widget_id",
                     "widget id already used by an earlier widget",
                     {"path": f"widgets[{index}].id"},
                 )
             seen.add(widget.id)
             if widget.x + widget.w > self.columns:
-                raise PydanticCustomError(
+                return PydanticCustomError(
                     "widget_outside_grid",
                     "x + w is past the grid's {columns} columns",
                     {"path": f"widgets[{index}]", "columns": self.columns},
                 )
-        return self
+        return None
 
 
 @dataclass(frozen=True, slots=True)
