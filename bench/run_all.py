@@ -26,6 +26,10 @@ BENCHES = [
     ("bench.bench_encryption", "Field encryption cost"),
     ("bench.bench_encryption_save", "A save with 5 encrypted fields vs without"),
     ("bench.bench_autosave", "Autosave: call overhead and write reduction"),
+    (
+        "bench.bench_manager",
+        "Manager: a queued save and an optimistic apply on the caller's thread",
+    ),
 ]
 
 
@@ -55,7 +59,7 @@ def main() -> None:
         started = time.perf_counter()
         rows = module.run()
         elapsed = time.perf_counter() - started
-        columns = list(rows[0]) if rows else []
+        columns = list(dict.fromkeys(column for row in rows for column in row))
         sections += ["", f"## {title}", "", f"`{module_name}` ({elapsed:.0f} s)", ""]
         sections.append(format_table(rows, columns) if rows else "(no rows)")
     output = Path(__file__).with_name("RESULTS.md")
