@@ -6,6 +6,7 @@ I/O there; the baseline is the autosave queue's bare put() measured in the same 
 
 from __future__ import annotations
 
+import itertools
 import sys
 import tempfile
 from pathlib import Path
@@ -17,51 +18,47 @@ from dashpersist import Layout, MemoryStorage, PersistenceConfig, PersistenceMan
 from dashpersist.autosave import AutosaveQueue
 
 
+def _measure(widgets: int, config: PersistenceConfig) -> list[dict[str, object]]:
+    documents = [layout_document(widgets, revision) for revision in range(32)]
+    models = [Layout.model_validate(d) for d in documents]
+    pm = PersistenceManager(MemoryStorage(), config=config, start_threads=False)
+    pm.save_layout("u", models[0], immediate=True)
+    queue: AutosaveQueue[str, object, None] = AutosaveQueue(
+        lambda key, value: None, delay=3600, max_wait=7200, start_worker=False
+    )
+    turns = itertools.cycle(range(32))
+    times = median_seconds(
+        {
+            "put": lambda: queue.put("u", documents[next(turns)]),
+            "save_model": lambda: pm.save_layout("u", models[next(turns)]),
+            "save_dict": lambda: pm.save_layout("u", documents[next(turns)]),
+            "apply": lambda: pm.apply(
+                "u", lambda layout: layout.update_widget("w1", h=1 + next(turns) % 3)
+            ),
+        },
+        batches=7,
+        per_batch=50,
+    )
+    pm.close()
+    return [
+        {
+            "case": name,
+            "widgets": widgets,
+            "us_per_call": times[name] * 1e6,
+            "bare_put_us": times["put"] * 1e6,
+            "budget_us": 100 if name == "apply" else 50,
+        }
+        for name in ("save_model", "save_dict", "apply")
+    ]
+
+
 def run() -> list[dict[str, object]]:
     """Return µs per call for queued saves (model and dict input), apply, and the bare put."""
-    rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as folder:
         config = PersistenceConfig(
             auto_save_delay=3600, auto_save_max_wait=7200, outbox_dir=Path(folder) / "outbox"
         )
-        for widgets in (10, 50):
-            documents = [layout_document(widgets, revision) for revision in range(32)]
-            models = [Layout.model_validate(d) for d in documents]
-            pm = PersistenceManager(MemoryStorage(), config=config, start_threads=False)
-            pm.save_layout("u", models[0], immediate=True)
-            queue: AutosaveQueue[str, object, None] = AutosaveQueue(
-                lambda key, value: None, delay=3600, max_wait=7200, start_worker=False
-            )
-            state = {"i": 0}
-
-            def step() -> int:
-                state["i"] = (state["i"] + 1) % 32
-                return state["i"]
-
-            times = median_seconds(
-                {
-                    "put": lambda: queue.put("u", documents[step()]),
-                    "save_model": lambda: pm.save_layout("u", models[step()]),
-                    "save_dict": lambda: pm.save_layout("u", documents[step()]),
-                    "apply": lambda: pm.apply(
-                        "u", lambda layout: layout.update_widget("w1", h=1 + step() % 3)
-                    ),
-                },
-                batches=7,
-                per_batch=50,
-            )
-            for name in ("save_model", "save_dict", "apply"):
-                rows.append(
-                    {
-                        "case": name,
-                        "widgets": widgets,
-                        "us_per_call": times[name] * 1e6,
-                        "bare_put_us": times["put"] * 1e6,
-                        "budget_us": 100 if name == "apply" else 50,
-                    }
-                )
-            pm.close()
-    return rows
+        return [row for widgets in (10, 50) for row in _measure(widgets, config)]
 
 
 if __name__ == "__main__":
