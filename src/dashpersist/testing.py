@@ -41,7 +41,15 @@ DocT = TypeVarWithDefault("DocT", bound=pydantic.BaseModel, default=Layout)
 _R = TypeVar("_R")
 
 Operation: TypeAlias = Literal[
-    "read", "write", "delete", "layout_ids", "user_ids", "versions", "compact", "import_document"
+    "read",
+    "write",
+    "delete",
+    "layout_ids",
+    "user_ids",
+    "versions",
+    "compact",
+    "import_document",
+    "replace_document",
 ]
 """A `Storage` call `FaultyStorage` can fail, slow down and count (``close`` never fails)."""
 
@@ -211,6 +219,22 @@ class FaultyStorage:
     ) -> None:
         """Import a document with its history (unless a fault says otherwise)."""
         self._call("import_document", lambda: self.inner.import_document(key, current, history))
+
+    def replace_document(
+        self,
+        key: DocumentKey,
+        current: StoredDocument,
+        history: list[VersionRecord],
+        *,
+        expected_version: int,
+    ) -> None:
+        """Replace a document and its whole history (unless a fault says otherwise)."""
+        self._call(
+            "replace_document",
+            lambda: self.inner.replace_document(
+                key, current, history, expected_version=expected_version
+            ),
+        )
 
     def close(self) -> None:
         """Close the inner store; never fails."""

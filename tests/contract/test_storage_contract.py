@@ -520,3 +520,118 @@ def test_an_import_that_does_not_hold_together_is_refused_and_writes_nothing(
     assert storage.read(key) is None
     assert storage.versions(key, limit=10) == []
     assert storage.user_ids() == []
+
+
+# -- replacing a document with its whole history (key rotation) ---------------------------
+
+
+def _write_versions(storage: Storage, key: DocumentKey, count: int) -> None:
+    for index in range(count):
+        storage.write(key, layout(f"old {index + 1}"), expected_version=index or None)
+
+
+def test_a_replaced_document_reads_back_with_exactly_the_new_history(storage: Storage) -> None:
+    key = DocumentKey("alice", "rotated")
+    _write_versions(storage, key, 4)
+    current, history = _history_to_import(key)
+
+    storage.replace_document(key, current, history, expected_version=4)
+
+    assert storage.read(key) == current
+    assert list(reversed(storage.versions(key, limit=100))) == history
+    assert storage.layout_ids("alice") == ["rotated"]
+
+
+def test_a_replace_after_the_version_moved_on_is_refused_and_changes_nothing(
+    storage: Storage,
+) -> None:
+    key = DocumentKey("alice")
+    _write_versions(storage, key, 5)
+    before = (storage.read(key), storage.versions(key, limit=100))
+    current, history = _history_to_import(key)
+
+    with pytest.raises(ConflictError) as caught:
+        storage.replace_document(key, current, history, expected_version=4)
+
+    assert (caught.value.expected_version, caught.value.actual_version) == (4, 5)
+    assert (storage.read(key), storage.versions(key, limit=100)) == before
+
+
+def test_replacing_a_document_that_does_not_exist_is_a_conflict(storage: Storage) -> None:
+    key = DocumentKey("alice")
+    current, history = _history_to_import(key)
+
+    with pytest.raises(ConflictError) as caught:
+        storage.replace_document(key, current, history, expected_version=4)
+
+    assert caught.value.actual_version is None
+    assert storage.read(key) is None
+    assert storage.versions(key, limit=10) == []
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["no_history", "head_mismatch", "out_of_order", "wrong_checksum", "naive_time", "bare"],
+)
+def test_a_replace_that_does_not_hold_together_is_refused_and_changes_nothing(
+    storage: Storage, damage: str
+) -> None:
+    key = DocumentKey("alice")
+    _write_versions(storage, key, 4)
+    before = (storage.read(key), storage.versions(key, limit=100))
+    current, history = _history_to_import(key)
+    if damage == "no_history":
+        history = []
+    elif damage == "head_mismatch":
+        history = history[:-1]
+    elif damage == "out_of_order":
+        history = [history[1], history[0], *history[2:]]
+    elif damage == "wrong_checksum":
+        current = replace(current, checksum="0" * 64)
+    elif damage == "naive_time":
+        history[1] = replace(history[1], created_at=history[1].created_at.replace(tzinfo=None))
+    else:
+        history[1] = replace(history[1], patch=None, snapshot=None)
+
+    with pytest.raises(ValidationError):
+        storage.replace_document(key, current, history, expected_version=4)
+
+    assert (storage.read(key), storage.versions(key, limit=100)) == before
+
+
+def test_writes_after_a_replace_continue_its_chain(storage: Storage) -> None:
+    key = DocumentKey("alice")
+    _write_versions(storage, key, 4)
+    current, history = _history_to_import(key)
+    storage.replace_document(key, current, history, expected_version=4)
+
+    version = storage.write(key, layout("next"), expected_version=4)
+
+    newest = storage.versions(key, limit=2)
+    assert version == 5
+    assert newest[0].parent_checksum == current.checksum
+    assert newest[1] == history[-1]
+
+
+def test_a_write_following_the_content_a_replace_rewrote_is_a_conflict(storage: Storage) -> None:
+    key = DocumentKey("alice")
+    _write_versions(storage, key, 4)
+    stale = storage.read(key)
+    assert stale is not None
+    current, history = _history_to_import(key)
+    storage.replace_document(key, current, history, expected_version=4)
+    document = layout("written from the old content")
+    record = VersionRecord(
+        version=5,
+        checksum=checksum(document),
+        parent_checksum=stale.checksum,
+        created_at=datetime.now(UTC),
+        patch=make_patch(stale.document, document),
+    )
+
+    with pytest.raises(ConflictError) as caught:
+        storage.write(key, document, record, expected_version=4)
+
+    assert (caught.value.expected_version, caught.value.actual_version) == (4, 4)
+    assert storage.read(key) == current
+    assert history_versions(storage, key) == [4, 3, 2, 1]

@@ -78,6 +78,26 @@ def test_import_document_is_forwarded_to_the_inner_store() -> None:
     assert target.calls["import_document"] == 1
 
 
+def test_replace_document_is_forwarded_to_the_inner_store_and_can_be_failed() -> None:
+    source, target = MemoryStorage(), FaultyStorage(MemoryStorage())
+    for store in (source, target.inner):
+        store.write(KEY, document("light"), expected_version=None)
+    source.write(KEY, document("dark"), expected_version=1)
+    current = source.read(KEY)
+    assert current is not None
+    history = list(reversed(source.versions(KEY, limit=10)))
+    target.fail_next("replace_document")
+
+    with pytest.raises(StorageUnavailableError):
+        target.replace_document(KEY, current, history, expected_version=1)
+    unchanged = target.inner.read(KEY)
+    target.replace_document(KEY, current, history, expected_version=1)
+
+    assert unchanged is not None and unchanged.document == document("light")
+    assert target.inner.read(KEY) == current
+    assert target.calls["replace_document"] == 2
+
+
 def test_fail_next_fails_that_many_calls_then_lets_calls_through() -> None:
     faulty = FaultyStorage(MemoryStorage())
     faulty.fail_next("write", times=2)

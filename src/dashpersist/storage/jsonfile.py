@@ -45,8 +45,9 @@ changes at every save) and:
 `compact` (history retention) cannot append: it writes the kept records to a new
 history file ``<n+1>``, fsyncs it, then commits by replacing the document file with one
 naming generation ``n+1`` (same document, same version), and only then removes the old
-file. The first write of a document removes history files any earlier, deleted or
-crashed, document of that name left behind.
+file. `replace_document` (key rotation) commits a rewritten history the same way, with
+the rewritten document in the new document file. The first write of a document removes
+history files any earlier, deleted or crashed, document of that name left behind.
 
 The document and its history record are one atomic step: until the rename, readers see
 the old document, whose ``history_end`` hides the new line; after it, both. A crash at
@@ -736,7 +737,9 @@ class JSONFileStorage:
             )
             if kept == lines:
                 return
-            self._commit_compaction(folder_fd, place, current, kept)
+            self._commit_new_history(
+                folder_fd, place, current, kept, what=f"the compacted history of {key}"
+            )
 
     def import_document(
         self, key: DocumentKey, current: StoredDocument, history: list[VersionRecord]
@@ -779,6 +782,57 @@ class JSONFileStorage:
                 self._discard_history_tail(folder_fd, history_file, exc)
                 raise
             self._sync_after_commit(folder_fd, place, f"the imported {key}")
+
+    def replace_document(
+        self,
+        key: DocumentKey,
+        current: StoredDocument,
+        history: list[VersionRecord],
+        *,
+        expected_version: int,
+    ) -> None:
+        """Replace *key*'s document and whole history, if it is still at *expected_version*.
+
+        As `compact` does: the new history is written as the next history generation,
+        then committed by replacing the document file with one naming it; a crash leaves
+        the old document with its old history or the new with the new. Raises
+        `ConflictError` and changes nothing if *key* does not exist or is at another
+        version, `ValidationError` for what `prepare_import` refuses, and the errors
+        `write` raises.
+        """
+        self._check_open()
+        self._check_writable()
+        prepared = prepare_import(key, current, history)
+        lines = [
+            _encode_record(item.record, item.patch, item.snapshot)[:-1] for item in prepared.records
+        ]
+        place = _Place.of(self._root, key)
+        try:
+            with self._locked(key, place, create=False) as folder_fd:
+                existing = self._read_envelope_in(folder_fd, place, key)
+                actual_version = None if existing is None else existing.version
+                if existing is None or actual_version != expected_version:
+                    raise ConflictError(
+                        key, expected_version=expected_version, actual_version=actual_version
+                    )
+                envelope = _Envelope(
+                    user_id=key.user_id,
+                    layout_id=key.layout_id,
+                    version=current.version,
+                    checksum=current.checksum,
+                    schema_version=current.schema_version,
+                    updated_at=current.updated_at,
+                    history_generation=existing.history_generation,
+                    history_end=0,  # set by _commit_new_history
+                    body=prepared.body,
+                )
+                self._commit_new_history(
+                    folder_fd, place, envelope, lines, what=f"the replaced history of {key}"
+                )
+        except NotFoundError as exc:  # no folder: the user has no document at all
+            raise ConflictError(
+                key, expected_version=expected_version, actual_version=None
+            ) from exc
 
     def close(self) -> None:
         """Mark the store closed; idempotent. No file or lock stays open between calls."""
@@ -1016,12 +1070,14 @@ class JSONFileStorage:
             finally:
                 os.close(fd)
 
-    def _commit_compaction(
-        self, folder_fd: int, place: _Place, current: _Envelope, kept: list[bytes]
+    def _commit_new_history(
+        self, folder_fd: int, place: _Place, envelope: _Envelope, lines: list[bytes], *, what: str
     ) -> None:
-        generation = current.history_generation + 1
+        """Write *lines* as history generation n+1 (*envelope* names n), then commit by
+        replacing the document file with *envelope* naming it; remove the old generations."""
+        generation = envelope.history_generation + 1
         path = place.history_path(generation)
-        content = b"".join(line + b"\n" for line in kept)
+        content = b"".join(line + b"\n" for line in lines)
         with _os_errors(path, "write"):
             with contextlib.suppress(FileNotFoundError):  # a compaction that crashed
                 os.unlink(path.name, dir_fd=folder_fd)
@@ -1037,16 +1093,16 @@ class JSONFileStorage:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-        compacted = replace(current, history_generation=generation, history_end=len(content))
+        committed = replace(envelope, history_generation=generation, history_end=len(content))
         try:
-            self._replace_document(folder_fd, place, _encode_envelope(compacted))
+            self._replace_document(folder_fd, place, _encode_envelope(committed))
         except BaseException as exc:
             try:
                 os.unlink(path.name, dir_fd=folder_fd)
             except OSError as cleanup:
                 exc.add_note(f"{path} could not be removed: {cleanup}")
             raise
-        self._sync_after_commit(folder_fd, place, f"the compacted history of {current.version}")
+        self._sync_after_commit(folder_fd, place, what)
         self._remove_history_files(folder_fd, place, keep=generation)
 
     def _remove_history_files(

@@ -170,6 +170,40 @@ class MemoryStorage:
                 )
             self._entries[key] = _Entry(stored, records)
 
+    def replace_document(
+        self,
+        key: DocumentKey,
+        current: StoredDocument,
+        history: list[VersionRecord],
+        *,
+        expected_version: int,
+    ) -> None:
+        """Replace *key*'s document and whole history, if it is still at *expected_version*.
+
+        `ConflictError` (nothing changed) otherwise; `ValidationError` for what
+        `prepare_import` refuses.
+        """
+        prepare_import(key, current, history)
+        stored = StoredDocument(
+            key=key,
+            document=copy_json(current.document),
+            version=current.version,
+            checksum=current.checksum,
+            updated_at=current.updated_at,
+            schema_version=current.schema_version,
+        )
+        records = [_copied_record(record) for record in history]
+        with self._lock:
+            self._check_open()
+            existing = self._entries.get(key)
+            actual_version = None if existing is None else existing.current.version
+            if existing is None or actual_version != expected_version:
+                raise ConflictError(
+                    key, expected_version=expected_version, actual_version=actual_version
+                )
+            existing.current = stored
+            existing.history = records
+
     def close(self) -> None:
         """Mark the store closed; its contents are dropped."""
         with self._lock:

@@ -7,7 +7,7 @@ holding plain JSON; pydantic models stop at the facade.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
@@ -149,8 +149,10 @@ def prepare_write(
 
     *current* is the ``(version, checksum)`` the store holds now, read inside the
     backend's atomic section, or ``None`` when the document does not exist. Raises
-    `ConflictError` on a version mismatch, `ValidationError` for a document JSON can't
-    hold, and `ConfigurationError` for a record that does not continue the chain.
+    `ConflictError` on a version mismatch or when *record* follows another content of
+    that version (it was rewritten by `Storage.replace_document` since the writer read
+    it), `ValidationError` for a document JSON can't hold, and `ConfigurationError` for a
+    record that does not continue the chain.
     Without a *record*, a keyframe record of change type ``manual`` is made.
     """
     actual_version = None if current is None else current[0]
@@ -169,6 +171,22 @@ def prepare_write(
             parent_checksum=parent,
             created_at=clock(),
             snapshot=document,
+        )
+    elif (
+        record.version == new_version
+        and record.checksum == digest
+        and None not in (record.parent_checksum, parent)
+        and record.parent_checksum != parent
+    ):
+        # The record follows another content of the same version: the current version was
+        # rewritten since the writer read it (`Storage.replace_document`, key rotation),
+        # or deleted and created again. The store moved on; the writer must re-read.
+        raise ConflictError(
+            key,
+            expected_version=expected_version,
+            actual_version=actual_version,
+            message=f"{key} version {actual_version} was rewritten since it was read "
+            "(its checksum changed); nothing was written",
         )
     elif (record.version, record.checksum, record.parent_checksum) != (new_version, digest, parent):
         raise ConfigurationError(
@@ -195,11 +213,12 @@ def prepare_write(
 def prepare_import(
     key: DocumentKey, current: StoredDocument, history: Sequence[VersionRecord]
 ) -> PreparedImport:
-    """Check a document and its history for `Storage.import_document` and encode them.
+    """Check and encode a document with its whole history, to import or replace it.
 
-    *history* is oldest first, with strictly increasing versions (retention may have
-    left gaps), every record holding a patch or a snapshot, and the last record being
-    *current*'s version with its checksum. *current*'s checksum must match its document,
+    For `Storage.import_document` and `Storage.replace_document`. *history* is oldest
+    first, with strictly increasing versions (retention may have left gaps), every
+    record holding a patch or a snapshot, and the last record being *current*'s version
+    with its checksum. *current*'s checksum must match its document,
     and every time must be timezone-aware. Anything else raises `ValidationError`
     naming the version and the rule, never a value.
     """
@@ -320,6 +339,26 @@ class Storage(Protocol):
         """
         ...
 
+    def replace_document(
+        self,
+        key: DocumentKey,
+        current: StoredDocument,
+        history: list[VersionRecord],
+        *,
+        expected_version: int,
+    ) -> None:
+        """Replace a document and its whole history with the given ones, in one atomic step.
+
+        The one sanctioned rewrite of history (key rotation re-encrypts every version, so
+        checksums change): if *key* is still at *expected_version*, its current document
+        becomes *current* and its history exactly *history* (oldest first, checked as
+        `prepare_import` checks an import, `ValidationError` otherwise). Raises
+        `ConflictError` and changes nothing if *key* does not exist or is at another
+        version. A writer that read the old content then gets `ConflictError`, as the
+        checksum of the version it follows changed (`prepare_write`).
+        """
+        ...
+
     def close(self) -> None:
         """Release connections, locks and files; idempotent."""
         ...
@@ -327,8 +366,19 @@ class Storage(Protocol):
 
 @runtime_checkable
 class ChangeNotifier(Protocol):
-    """A backend that tells other processes about writes (PostgreSQL LISTEN/NOTIFY)."""
+    """Hears the writes other processes commit to a shared store (PostgreSQL LISTEN/NOTIFY).
 
-    def changes(self) -> Iterator[DocumentKey]:
-        """Yield the keys other processes write, as they write them; blocks between."""
+    It pushes each change to the callback it was made with, on a thread of its own,
+    until closed; `dashpersist.notify.ChangeListener` is the PostgreSQL one, and
+    `dashpersist.notify.change_listener_for` makes one for a storage that has the
+    capability (SQLite and the JSON folder do not).
+    """
+
+    @property
+    def is_listening(self) -> bool:
+        """Whether it is connected and hearing changes right now."""
+        ...
+
+    def close(self) -> None:
+        """Stop listening; idempotent. No callback starts after it returns."""
         ...

@@ -43,6 +43,7 @@ from dashpersist.errors import (
     ValidationError,
     ValidationIssue,
 )
+from dashpersist.notify import CHANNEL, encode_change, new_origin
 from dashpersist.storage.migrations import (
     HEAD_REVISION,
     KNOWN_REVISIONS,
@@ -51,6 +52,7 @@ from dashpersist.storage.migrations import (
 )
 from dashpersist.storage.protocol import (
     DocumentKey,
+    PreparedImport,
     StoredDocument,
     VersionRecord,
     prepare_import,
@@ -101,7 +103,10 @@ class SQLStorage:
     refused: use `MemoryStorage`.
 
     PostgreSQL: *connect_timeout* bounds connecting (libpq counts whole seconds, at least
-    2); stale pooled connections (after a server restart) are detected before use.
+    2); stale pooled connections (after a server restart) are detected before use. With
+    *notify_changes* (the default), every document write, import and delete also sends
+    ``NOTIFY dashpersist_changes`` in its transaction, for `dashpersist.notify.ChangeListener`
+    in other processes; SQLite has no such channel and ignores it.
 
     Opening checks the database (SQLite: ``PRAGMA quick_check``, which reads the whole
     file), then its schema revision with one SELECT, and runs the migrations only when it
@@ -128,6 +133,7 @@ class SQLStorage:
         busy_timeout: float = 5.0,
         connect_timeout: float = 5.0,
         clock: Callable[[], datetime] | None = None,
+        notify_changes: bool = True,
     ) -> None:
         if synchronous not in get_args(SynchronousMode):
             raise ConfigurationError(
@@ -147,6 +153,8 @@ class SQLStorage:
             self._owns_engine = True
             self._engine = _create_engine(url_or_engine, busy_timeout, connect_timeout)
         self._is_sqlite = self._engine.dialect.name == "sqlite"
+        self._notify_changes = notify_changes and not self._is_sqlite  # see _notify_change
+        self._change_origin = new_origin()
         self._path = _sqlite_path(self._engine.url) if self._is_sqlite else None
         self._where = (
             str(self._path)
@@ -171,6 +179,25 @@ class SQLStorage:
     def engine(self) -> Engine:
         """The SQLAlchemy engine in use, for inspection and event hooks (auditing, tests)."""
         return self._engine
+
+    # -- change notifications (dashpersist.notify): the one hook, PostgreSQL only ----------
+
+    @property
+    def change_origin(self) -> str:
+        """The id this object's change notifications carry, to tell its own writes apart."""
+        return self._change_origin
+
+    def _notify_change(
+        self, conn: Connection, key: DocumentKey, version: int | None, device_id: str | None
+    ) -> None:
+        """Queue a change notification in *conn*'s open write transaction (PostgreSQL).
+
+        PostgreSQL delivers it only if that transaction commits, so listeners never hear
+        of a write that was rolled back. *version* ``None`` means deleted.
+        """
+        if self._notify_changes:
+            payload = encode_change(key, version, device_id, origin=self._change_origin)
+            conn.exec_driver_sql("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
     def __repr__(self) -> str:
         return f"SQLStorage({self._where!r})"
@@ -232,6 +259,7 @@ class SQLStorage:
             if conn.exec_driver_sql(self._sql.delete_document, ids).rowcount != 1:
                 raise NotFoundError(f"{key} does not exist")
             conn.exec_driver_sql(self._sql.delete_versions, ids)
+            self._notify_change(conn, key, None, None)
             conn.commit()
 
     def layout_ids(self, user_id: str) -> list[str]:
@@ -376,6 +404,7 @@ class SQLStorage:
                     key, expected_version=None, actual_version=None if latest is None else latest[0]
                 )
             conn.exec_driver_sql(self._sql.insert_version, rows)
+            self._notify_change(conn, key, current.version, None)
             conn.commit()
 
     def close(self) -> None:
@@ -468,6 +497,7 @@ class SQLStorage:
                     None if snapshot is None else snapshot.decode(),
                 ),
             )
+            self._notify_change(conn, key, stored.version, stored.device_id)
             _faults.faultpoint("after_history_insert_before_commit")
             conn.commit()
         return stored.version
@@ -694,6 +724,91 @@ class SQLStorage:
         return ConflictError(
             key, expected_version=expected_version, actual_version=actual_version, message=message
         )
+
+    # -- rewriting history (key rotation) ------------------------------------------------
+
+    def replace_document(
+        self,
+        key: DocumentKey,
+        current: StoredDocument,
+        history: list[VersionRecord],
+        *,
+        expected_version: int,
+    ) -> None:
+        """Replace *key*'s document and whole history, if still at *expected_version*.
+
+        One transaction. The document row is compare-and-swapped first (on version and
+        checksum, so a concurrent writer either commits before, and this raises
+        `ConflictError`, or after, and its own compare-and-swap fails), then the history
+        rows are deleted and inserted anew. Raises `ConflictError` and changes nothing if
+        *key* does not exist or is at another version, and `ValidationError` for what
+        `prepare_import` refuses or text a database can't store.
+        """
+        self._check_open()
+        prepared = prepare_import(key, current, history)
+        for record in history:
+            _check_record_text(record)
+        ids = (key.user_id, key.layout_id)
+        rows = self._history_rows(key, prepared)
+        with (
+            self._translated(key=key, action="replacing", expected_version=expected_version),
+            self._connectable.connect() as conn,
+        ):
+            self._begin_write(conn)
+            found = conn.exec_driver_sql(self._sql.read_current, ids).first()
+            if found is None or found[0] != expected_version:
+                raise ConflictError(
+                    key,
+                    expected_version=expected_version,
+                    actual_version=None if found is None else found[0],
+                )
+            changed = conn.exec_driver_sql(
+                self._sql.update_document,
+                (
+                    current.version,
+                    current.checksum,
+                    current.schema_version,
+                    prepared.body.decode(),
+                    self._time_to_db(current.updated_at),
+                    *ids,
+                    found[0],
+                    found[1],
+                ),
+            ).rowcount
+            if changed != 1:
+                # PostgreSQL, Read Committed: a writer committed after our SELECT.
+                latest = conn.exec_driver_sql(self._sql.read_current, ids).first()
+                raise ConflictError(
+                    key,
+                    expected_version=expected_version,
+                    actual_version=None if latest is None else latest[0],
+                )
+            conn.exec_driver_sql(self._sql.delete_versions, ids)
+            conn.exec_driver_sql(self._sql.insert_version, rows)
+            self._notify_change(conn, key, current.version, None)
+            conn.commit()
+
+    def _history_rows(self, key: DocumentKey, prepared: PreparedImport) -> list[tuple[Any, ...]]:
+        """Return the ``insert_version`` parameters of every record of *prepared*."""
+        return [
+            (
+                key.user_id,
+                key.layout_id,
+                item.record.version,
+                item.record.checksum,
+                item.record.parent_checksum,
+                self._time_to_db(item.record.created_at),
+                item.record.change_type,
+                item.record.description,
+                item.record.device_id,
+                item.record.label,
+                item.record.schema_version,
+                item.record.idempotency_key,
+                None if item.patch is None else item.patch.decode(),
+                None if item.snapshot is None else item.snapshot.decode(),
+            )
+            for item in prepared.records
+        ]
 
 
 class _Cursor(Protocol):

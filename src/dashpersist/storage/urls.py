@@ -73,6 +73,15 @@ class ReconnectingStorage:
         """Whether the store has been opened."""
         return self._inner is not None
 
+    @property
+    def inner(self) -> Storage | None:
+        """The opened store, or ``None`` while it has not been reached yet."""
+        return self._inner
+
+    def connect(self) -> Storage:
+        """Open the store now if it is not open; raise `StorageUnavailableError` if it is down."""
+        return self._get()
+
     def read(self, key: DocumentKey) -> StoredDocument | None:
         """Return the current version of *key*, or ``None``."""
         return self._get().read(key)
@@ -117,6 +126,17 @@ class ReconnectingStorage:
     ) -> None:
         """Store a document with its full history exactly as given."""
         self._get().import_document(key, current, history)
+
+    def replace_document(
+        self,
+        key: DocumentKey,
+        current: StoredDocument,
+        history: list[VersionRecord],
+        *,
+        expected_version: int,
+    ) -> None:
+        """Replace a document and its whole history, if it is still at *expected_version*."""
+        self._get().replace_document(key, current, history, expected_version=expected_version)
 
     def close(self) -> None:
         """Close the store if it was opened; idempotent."""

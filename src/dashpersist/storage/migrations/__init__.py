@@ -19,7 +19,7 @@ VERSION_TABLE = "dashpersist_alembic_version"
 """Where Alembic records the schema revision (not its default name, so that a host's own
 Alembic history in the same database is left alone)."""
 
-KNOWN_REVISIONS = ("0001",)
+KNOWN_REVISIONS = ("0001", "0002")
 """Every revision in ``versions/``, oldest first; a test checks it against Alembic's view."""
 
 HEAD_REVISION = KNOWN_REVISIONS[-1]

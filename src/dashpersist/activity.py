@@ -1,0 +1,453 @@
+"""The activity log: who did what to which document, kept in the store beside the documents.
+
+Every committed write, merge, rollback, delete and key rotation is recorded as one
+`ActivityEntry` (action, user, layout, version, device, time, summary). Entries never
+hold document values: the summary is the change summary of `dashpersist.changes`, which
+names widgets and fields, not what they contain.
+
+`activity_log_for` picks the implementation that keeps the log in the same store as the
+documents: a table in SQL (`SQLActivityLog`), an append-only file per user in a JSON
+folder (`JSONFileActivityLog`), or memory (`MemoryActivityLog`). Pages are newest first;
+each has an opaque cursor for the next one, which stays valid, and does not shift, while
+new entries are recorded.
+
+An entry is recorded after its change committed, not in the same transaction: a crash in
+between loses the entry, never the change (the version history still shows it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias, cast, get_args
+
+from dashpersist._canonical import canonical_json, parse_json
+from dashpersist.errors import (
+    ConfigurationError,
+    CorruptStoreError,
+    ValidationError,
+    ValidationIssue,
+)
+from dashpersist.storage._sidecar import (
+    SQLTables,
+    UserFiles,
+    clean_text,
+    open_regular,
+    os_errors,
+    sync_folder,
+    write_all,
+)
+from dashpersist.storage.protocol import DocumentKey
+from dashpersist.types import JsonObject, JsonValue
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "MAX_SUMMARY_LENGTH",
+    "ActivityAction",
+    "ActivityEntry",
+    "ActivityLog",
+    "ActivityPage",
+    "JSONFileActivityLog",
+    "MemoryActivityLog",
+    "SQLActivityLog",
+    "activity_log_for",
+]
+
+ActivityAction: TypeAlias = Literal["saved", "merged", "rolled_back", "deleted", "keys_rotated"]
+"""What happened: a write, a write that merged a concurrent one, a rollback (itself a new
+version), a delete, or a re-encryption of the document's fields under a new key."""
+
+MAX_PAGE_SIZE: Final = 500
+"""The most entries one page may ask for."""
+
+MAX_SUMMARY_LENGTH: Final = 1000
+"""Longer summaries are cut to this many characters (ending with an ellipsis)."""
+
+_ACTIONS: Final = frozenset(get_args(ActivityAction))
+_CURSOR = re.compile(r"a([0-9]{1,18})")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityEntry:
+    """One recorded change to one document.
+
+    ``version`` is the version the change committed (``None`` for a delete); ``at`` is
+    timezone-aware. Ids are checked like `DocumentKey`'s (`ValidationError`); a naive
+    ``at``, an unknown action or a version below 1 is a `ConfigurationError`. The
+    summary is cut to `MAX_SUMMARY_LENGTH` characters, and NUL or lone surrogates in
+    text (which no store holds alike) become U+FFFD.
+    """
+
+    action: ActivityAction
+    user_id: str
+    layout_id: str = "default"
+    version: int | None = None
+    device_id: str | None = None
+    at: datetime = field(default_factory=_now)
+    summary: str = ""
+
+    def __post_init__(self) -> None:
+        DocumentKey(self.user_id, self.layout_id)
+        if self.action not in _ACTIONS:
+            raise ConfigurationError(
+                f"unknown activity action {self.action!r}; one of {', '.join(sorted(_ACTIONS))}"
+            )
+        if self.version is not None and (
+            not isinstance(self.version, int) or isinstance(self.version, bool) or self.version < 1
+        ):
+            raise ConfigurationError("an activity entry's version must be an int >= 1 or None")
+        if self.at.utcoffset() is None:
+            raise ConfigurationError("an activity entry's time must be timezone-aware")
+        summary = clean_text(self.summary)
+        if len(summary) > MAX_SUMMARY_LENGTH:
+            summary = summary[: MAX_SUMMARY_LENGTH - 1] + "\u2026"
+        object.__setattr__(self, "summary", summary)
+        if self.device_id is not None:
+            object.__setattr__(self, "device_id", clean_text(self.device_id))
+        object.__setattr__(self, "at", self.at.astimezone(UTC))
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityPage:
+    """A page of a user's activity, newest first.
+
+    ``next_cursor`` is what to pass as ``before`` for the next (older) page; ``None`` on
+    the last page.
+    """
+
+    entries: list[ActivityEntry]
+    next_cursor: str | None
+
+
+class ActivityLog(Protocol):
+    """Where the activity of every user is recorded and read back, a user at a time."""
+
+    def record(self, entry: ActivityEntry) -> None:
+        """Append *entry* to its user's log."""
+        ...
+
+    def entries(self, user_id: str, *, limit: int = 20, before: str | None = None) -> ActivityPage:
+        """Return up to *limit* of *user_id*'s entries, newest first, older than *before*.
+
+        *before* is a cursor from an earlier page (``None``: start at the newest). Entries
+        recorded after that page was read never appear on the pages that follow it, and
+        none is skipped or repeated. A malformed cursor raises `ValidationError`; a
+        *limit* outside 1 to `MAX_PAGE_SIZE`, `ConfigurationError`.
+        """
+        ...
+
+
+# -- cursors -----------------------------------------------------------------------------
+
+
+def _encode_cursor(position: int) -> str:
+    return f"a{position}"
+
+
+def _decode_cursor(cursor: str | None) -> int | None:
+    """Return the position a cursor stands for; entries strictly below it come next."""
+    if cursor is None:
+        return None
+    match = _CURSOR.fullmatch(cursor) if isinstance(cursor, str) else None
+    if match is None:
+        raise ValidationError(
+            [ValidationIssue("before", "cursor", "not a cursor from an earlier activity page")]
+        )
+    return int(match.group(1))
+
+
+def _check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ConfigurationError(f"limit must be an int from 1 to {MAX_PAGE_SIZE}")
+
+
+def _page(entries: list[tuple[int, ActivityEntry]], limit: int) -> ActivityPage:
+    """Build a page from up to limit + 1 (position, entry) pairs, newest first."""
+    shown = entries[:limit]
+    more = len(entries) > limit
+    return ActivityPage(
+        entries=[entry for _, entry in shown],
+        next_cursor=_encode_cursor(shown[-1][0]) if more else None,
+    )
+
+
+# -- memory ------------------------------------------------------------------------------
+
+
+class MemoryActivityLog:
+    """Keep the activity log in this process's memory (for `MemoryStorage`)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, list[ActivityEntry]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, entry: ActivityEntry) -> None:
+        """Append *entry* to its user's log."""
+        with self._lock:
+            self._entries.setdefault(entry.user_id, []).append(entry)
+
+    def entries(self, user_id: str, *, limit: int = 20, before: str | None = None) -> ActivityPage:
+        """Return up to *limit* of *user_id*'s entries, newest first, older than *before*."""
+        _check_limit(limit)
+        below = _decode_cursor(before)
+        with self._lock:
+            log = self._entries.get(user_id, [])
+            # Position n is the n-th entry recorded (from 1): positions never change.
+            end = len(log) if below is None else min(below - 1, len(log))
+            chosen = [(n + 1, log[n]) for n in range(end - 1, max(end - limit - 2, -1), -1)]
+        return _page(chosen, limit)
+
+
+# -- SQL ---------------------------------------------------------------------------------
+
+
+class SQLActivityLog:
+    """Keep the activity log in the ``dashpersist_activity`` table of a `SQLStorage`.
+
+    The table comes with the storage's schema (revision 0002), so the storage must have
+    opened the database first. The row id is the cursor; every statement names the user.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._tables = SQLTables(engine)
+        sql = self._tables.sql
+        self._insert = sql(
+            "INSERT INTO dashpersist_activity (user_id, layout_id, action, version, device_id, "
+            "created_at, summary) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
+        self._select = sql(
+            "SELECT id, layout_id, action, version, device_id, created_at, summary "
+            "FROM dashpersist_activity WHERE user_id = ? AND id < ? ORDER BY id DESC LIMIT ?"
+        )
+
+    def record(self, entry: ActivityEntry) -> None:
+        """Append *entry* to its user's log."""
+        self._tables.execute(
+            self._insert,
+            (
+                entry.user_id,
+                entry.layout_id,
+                entry.action,
+                entry.version,
+                entry.device_id,
+                self._tables.time_to_db(entry.at),
+                entry.summary,
+            ),
+            action="recording activity",
+        )
+
+    def entries(self, user_id: str, *, limit: int = 20, before: str | None = None) -> ActivityPage:
+        """Return up to *limit* of *user_id*'s entries, newest first, older than *before*."""
+        _check_limit(limit)
+        below = _decode_cursor(before)
+        rows = self._tables.query(
+            self._select,
+            (user_id, 2**62 if below is None else below, limit + 1),
+            action="reading activity",
+        )
+        found: list[tuple[int, ActivityEntry]] = []
+        for row_id, layout_id, action, version, device_id, created_at, summary in rows:
+            if action not in _ACTIONS:
+                raise CorruptStoreError(f"activity row {row_id} has an unknown action")
+            at = self._tables.time_from_db(created_at, source=f"activity row {row_id}")
+            found.append(
+                (
+                    int(row_id),
+                    ActivityEntry(
+                        action=cast(ActivityAction, action),
+                        user_id=user_id,
+                        layout_id=layout_id,
+                        version=version,
+                        device_id=device_id,
+                        at=at,
+                        summary=summary,
+                    ),
+                )
+            )
+        return _page(found, limit)
+
+
+# -- JSON folder -------------------------------------------------------------------------
+
+_CHUNK: Final = 1 << 16
+
+
+class JSONFileActivityLog:
+    """Keep the activity log in a JSON folder: ``<root>/.activity/<user stem>.jsonl``.
+
+    One JSON object per line, appended and fsynced under a lock other processes respect.
+    A line without its newline is the remnant of a crash mid-append: readers ignore it,
+    and the next append cuts it off first. The cursor is a line's byte offset, which
+    appends never move. A complete line that does not parse, or names another user,
+    raises `CorruptStoreError` naming the file, which is left as found.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self._files = UserFiles(Path(os.path.abspath(os.fspath(root))), ".activity", ".jsonl")
+
+    def record(self, entry: ActivityEntry) -> None:
+        """Append *entry* to its user's log."""
+        line: JsonObject = {
+            "action": entry.action,
+            "at": entry.at.isoformat(),
+            "device_id": entry.device_id,
+            "layout_id": entry.layout_id,
+            "summary": entry.summary,
+            "user_id": entry.user_id,
+            "version": entry.version,
+        }
+        encoded = canonical_json(line) + b"\n"
+        path = self._files.path(entry.user_id)
+        with self._files.locked(path):
+            fd = open_regular(path, os.O_RDWR | os.O_CREAT)
+            assert fd is not None  # O_CREAT: it exists now
+            try:
+                with os_errors(path, "append to"):
+                    size = os.fstat(fd).st_size
+                    end = _complete_end(fd, size)
+                    if end != size:
+                        os.ftruncate(fd, end)  # the torn tail of a crashed append
+                    os.lseek(fd, end, os.SEEK_SET)
+                    write_all(fd, encoded)
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if end == 0:  # the file may be new: make its name durable too
+                sync_folder(path.parent)
+
+    def entries(self, user_id: str, *, limit: int = 20, before: str | None = None) -> ActivityPage:
+        """Return up to *limit* of *user_id*'s entries, newest first, older than *before*."""
+        _check_limit(limit)
+        below = _decode_cursor(before)
+        path = self._files.path(user_id)
+        fd = open_regular(path, os.O_RDONLY)
+        if fd is None:
+            return ActivityPage(entries=[], next_cursor=None)
+        found: list[tuple[int, ActivityEntry]] = []
+        try:
+            with os_errors(path, "read"):
+                size = os.fstat(fd).st_size
+                end = size if below is None else min(below, size)
+                for offset, line in _lines_backwards(fd, end):
+                    found.append((offset, _decode_line(line, path, user_id, offset)))
+                    if len(found) > limit:
+                        break
+        finally:
+            os.close(fd)
+        return _page(found, limit)
+
+
+def _complete_end(fd: int, size: int) -> int:
+    """Return where the last complete line of the first *size* bytes ends (0: none)."""
+    if size > 0 and os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    position = size
+    while position > 0:
+        start = max(0, position - _CHUNK)
+        chunk = os.pread(fd, position - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        position = start
+    return 0
+
+
+def _lines_backwards(fd: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """Yield (offset, line) for the complete lines that end by *end*, last first."""
+    limit = _complete_end(fd, end)  # bytes after it belong to a line that ends later
+    buffer = b""
+    buffer_start = limit
+    while limit > 0:
+        # buffer holds [buffer_start, limit), whose last byte is a newline.
+        newline = buffer.rfind(b"\n", 0, len(buffer) - 1)
+        if newline < 0 and buffer_start > 0:
+            start = max(0, buffer_start - _CHUNK)
+            buffer = os.pread(fd, buffer_start - start, start) + buffer
+            buffer_start = start
+            continue
+        line_start = newline + 1  # 0 when the buffer reaches the file's start
+        yield buffer_start + line_start, buffer[line_start:-1]
+        buffer = buffer[:line_start]
+        limit = buffer_start + line_start
+
+
+def _decode_line(line: bytes, path: Path, user_id: str, offset: int) -> ActivityEntry:
+    where = f"{path} (line at byte {offset})"
+    try:
+        raw = parse_json(line, source=where)
+    except CorruptStoreError as exc:
+        raise CorruptStoreError(f"{exc}; it was left as found", path=path) from exc
+    if not isinstance(raw, dict) or raw.get("user_id") != user_id:
+        raise CorruptStoreError(f"{where} is not an entry of this user's log", path=path)
+    try:
+        return ActivityEntry(
+            action=cast(ActivityAction, _text(raw, "action")),
+            user_id=user_id,
+            layout_id=_text(raw, "layout_id"),
+            version=cast("int | None", raw.get("version")),
+            device_id=cast("str | None", raw.get("device_id")),
+            at=datetime.fromisoformat(_text(raw, "at")),
+            summary=_text(raw, "summary"),
+        )
+    except (ValueError, TypeError) as exc:  # ValidationError, ConfigurationError included
+        raise CorruptStoreError(f"{where} is not a valid activity entry", path=path) from exc
+
+
+def _text(raw: dict[str, JsonValue], name: str) -> str:
+    value = raw.get(name)
+    if not isinstance(value, str):
+        raise TypeError(name)
+    return value
+
+
+# -- choosing the implementation ---------------------------------------------------------
+
+_MEMORY_LOGS: weakref.WeakKeyDictionary[object, MemoryActivityLog] = weakref.WeakKeyDictionary()
+_MEMORY_LOGS_LOCK = threading.Lock()
+
+
+def activity_log_for(storage: object) -> ActivityLog:
+    """Return the activity log kept in the same store as *storage*'s documents.
+
+    `SQLStorage`: its database (through ``storage.engine``); `JSONFileStorage`: its folder
+    (``storage.root``); a wrapper with an ``inner`` storage (such as
+    `dashpersist.testing.FaultyStorage`): the inner store's; anything else, including
+    `MemoryStorage`: memory, one log per storage object, so every manager of that
+    object sees the same log.
+    """
+    sql = sys.modules.get("dashpersist.storage.sql")  # not loaded: storage is no SQLStorage
+    if sql is not None and isinstance(storage, sql.SQLStorage):
+        return SQLActivityLog(storage.engine)
+    jsonfile = sys.modules.get("dashpersist.storage.jsonfile")
+    if jsonfile is not None and isinstance(storage, jsonfile.JSONFileStorage):
+        return JSONFileActivityLog(storage.root)
+    inner = getattr(storage, "inner", None)
+    if inner is not None and inner is not storage:
+        return activity_log_for(inner)
+    return _memory_log_for(storage)
+
+
+def _memory_log_for(storage: object) -> MemoryActivityLog:
+    with _MEMORY_LOGS_LOCK:
+        try:
+            log = _MEMORY_LOGS.get(storage)
+        except TypeError:  # not weakly referenceable: a log of its own
+            return MemoryActivityLog()
+        if log is None:
+            log = MemoryActivityLog()
+            _MEMORY_LOGS[storage] = log
+        return log
