@@ -25,6 +25,7 @@ from typing import Generic, ParamSpec, Self, TypeAlias, TypeVar
 import pydantic
 from typing_extensions import TypeVar as TypeVarWithDefault
 
+from dashpersist.activity import ActivityPage
 from dashpersist.changes import LayoutDiff
 from dashpersist.config import PersistenceConfig
 from dashpersist.encryption import KeyRing
@@ -35,10 +36,12 @@ from dashpersist.manager import PersistenceManager
 from dashpersist.migrations import Upcast
 from dashpersist.models import Layout, SaveResult, SyncResult, Versioned, VersionInfo
 from dashpersist.outbox import OutboxEntry
+from dashpersist.rotation import RotationProgress, RotationReport
 from dashpersist.storage.protocol import Storage
 from dashpersist.types import ChangeType, JsonObject, JsonPatch
 from dashpersist.validation import ValidationReport
 from dashpersist.versions import IntegrityReport
+from dashpersist.widget_cache import WidgetDataCache
 
 __all__ = ["AsyncPersistenceManager", "AsyncSubscriber"]
 
@@ -273,6 +276,26 @@ class AsyncPersistenceManager(Generic[DocT]):
     async def verify_store(self) -> IntegrityReport:
         """Verify every document in the store; see `PersistenceManager.verify_store`."""
         return await self._call(self._manager.verify_store)
+
+    async def rotate_keys(
+        self, *, progress: Callable[[RotationProgress], None] | None = None
+    ) -> RotationReport:
+        """Re-encrypt the store under the primary key; see `PersistenceManager.rotate_keys`.
+
+        *progress* runs on the worker thread doing the rotation.
+        """
+        return await self._call(self._manager.rotate_keys, progress=progress)
+
+    async def get_activity(
+        self, user_id: str, *, limit: int = 20, before: str | None = None
+    ) -> ActivityPage:
+        """Return the user's activity, newest first; see `PersistenceManager.get_activity`."""
+        return await self._call(self._manager.get_activity, user_id, limit=limit, before=before)
+
+    @property
+    def widget_cache(self) -> WidgetDataCache:
+        """The widget data cache (its calls block: run them with ``asyncio.to_thread``)."""
+        return self._manager.widget_cache
 
     def register_migration(self, from_version: int, upcast: Upcast) -> None:
         """Register a schema upgrade; see `PersistenceManager.register_migration`.

@@ -305,6 +305,16 @@ class Committer(Generic[DocT]):
                 and current.version != base_version
             ):
                 base, _ = self.retry(lambda: self._versions.get_document(key, base_version))
+            if self._codec.encryptor is not None:
+                # The entry may have waited through a key rotation: encrypt it afresh under
+                # the primary key, keeping the ciphertext of secrets it did not change.
+                previous = (
+                    base if base is not None else None if current is None else current.document
+                )
+                plain = self._codec.encryptor.decrypt_document(
+                    document, user_id=key.user_id, layout_id=key.layout_id
+                )
+                document = self._codec.encrypt(key, plain, previous=previous)
             if current is not None and base is not None:
                 result = self._resolver.resolve(base, document, current.document)
                 if checksum(result.layout) != checksum(document):

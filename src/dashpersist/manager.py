@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -22,6 +23,13 @@ import pydantic
 from typing_extensions import TypeVar as TypeVarWithDefault
 
 from dashpersist._canonical import checksum, copy_json
+from dashpersist.activity import (
+    ActivityAction,
+    ActivityEntry,
+    ActivityLog,
+    ActivityPage,
+    activity_log_for,
+)
 from dashpersist.autosave import AutosaveQueue
 from dashpersist.cache import ReadCache, invalidate_everywhere, register_cache
 from dashpersist.changes import LayoutDiff, describe_changes
@@ -45,14 +53,17 @@ from dashpersist.journal import Change, Journal, PendingChange
 from dashpersist.merge import ConflictResolver
 from dashpersist.migrations import SchemaMigrator, Upcast, schema_version_of
 from dashpersist.models import Layout, SaveResult, SyncResult, Versioned, VersionInfo
+from dashpersist.notify import ChangeListener, RemoteChange, change_listener_for
 from dashpersist.outbox import Outbox, OutboxEntry
 from dashpersist.patch import make_patch
+from dashpersist.rotation import RotationProgress, RotationReport, rotate_store
 from dashpersist.storage.protocol import DocumentKey, Storage
 from dashpersist.storage.urls import ReconnectingStorage
 from dashpersist.sync import ReplayReport, Synchronizer
 from dashpersist.types import ChangeType, JsonObject, JsonPatch
 from dashpersist.validation import ValidationReport, Validator, raise_validation_error
 from dashpersist.versions import IntegrityReport, VersionService
+from dashpersist.widget_cache import WidgetDataCache, widget_cache_for
 
 __all__ = ["PersistenceManager", "default_store_url"]
 
@@ -201,6 +212,14 @@ class PersistenceManager(Generic[DocT]):
         if self._outbox_folder is not None and self._outbox_folder.exists():
             # Writes parked by an earlier run: load them, so reads see them and they replay.
             self._sync = self._new_synchronizer(self._outbox_folder)
+        self._activity: ActivityLog | None = None
+        self._widget_cache: WidgetDataCache | None = None
+        self._listener: ChangeListener | None = None
+        if start_threads and self._reachable_storage() is not None:
+            # PostgreSQL tells every manager on the database about the others' writes.
+            self._listener = change_listener_for(
+                self._reachable_storage(), self._on_remote_change, on_reconnect=self._cache.clear
+            )
         _LIVE_MANAGERS.add(self)
 
     # -- configuration -------------------------------------------------------------------
@@ -370,6 +389,7 @@ class PersistenceManager(Generic[DocT]):
                 invalidate_everywhere(self._storage, key)
                 self._bases.pop(key, None)
         self._emit("deleted", key, None)
+        self._record("deleted", key, None, None)
 
     def clone_layout(
         self,
@@ -576,6 +596,7 @@ class PersistenceManager(Generic[DocT]):
             except LostRace as lost:
                 raise lost.conflict from None
         self._emit("rolled_back", key, self._bases.get(key))
+        self._record("rolled_back", key, self._bases.get(key), f"Rollback to version {version}")
         return model
 
     def cleanup_old_versions(self, user_id: str, *, keep: int, layout_id: str = "default") -> int:
@@ -671,6 +692,10 @@ class PersistenceManager(Generic[DocT]):
         self._closed = True
         if self._sync is not None:
             self._sync.close()
+        if self._listener is not None:
+            self._listener.close()
+        if self._widget_cache is not None:
+            self._widget_cache.close()
         self._cache.clear()
         _LIVE_MANAGERS.discard(self)
         if self._owns_storage:
@@ -766,6 +791,81 @@ class PersistenceManager(Generic[DocT]):
             raise NotFoundError(f"no outbox entry {entry_id}")
         return self._sync.discard(entry_id)
 
+    # -- keys ----------------------------------------------------------------------------
+
+    def rotate_keys(
+        self, *, progress: Callable[[RotationProgress], None] | None = None
+    ) -> RotationReport:
+        """Re-encrypt every version of every document in the store under the primary key.
+
+        Run it once every process encrypts under the new primary key
+        (``KeyRing({"k1": old, "k2": new})``). Current documents, keyframe snapshots and
+        history patches are all rewritten (see `dashpersist.rotation`); when the report is
+        ``ok`` no stored ciphertext needs another key, and the old one can be dropped from
+        the ring. A document that fails (a key missing from the ring, a corrupt history) is
+        listed in ``failures`` and left as it was; the others still rotate. This manager's
+        queued saves and outbox entries are written first, so they are rotated too.
+        *progress* is called after each document. Raises `ConfigurationError` when
+        encryption is off.
+        """
+        self._check_open()
+        encryptor = self._codec.encryptor
+        if encryptor is None:
+            raise ConfigurationError(
+                "rotate_keys needs enable_encryption=True and a keyring holding the new key"
+            )
+        self.flush()
+        self.replay_outbox()
+        try:
+            report = rotate_store(
+                self._storage,
+                encryptor,
+                keyframe_interval=self._config.keyframe_interval,
+                progress=progress,
+            )
+        finally:
+            # Any cached document may hold the old ciphertext: read them afresh.
+            self._cache.clear()
+        for outcome in report.outcomes:
+            if outcome.rotated:
+                invalidate_everywhere(self._storage, outcome.key)
+                self._record(
+                    "keys_rotated", outcome.key, None, f"Re-encrypted under {report.primary_key_id}"
+                )
+        return report
+
+    # -- activity and widget data --------------------------------------------------------
+
+    def get_activity(
+        self, user_id: str, *, limit: int = 20, before: str | None = None
+    ) -> ActivityPage:
+        """Return the user's activity (saves, merges, rollbacks, deletes), newest first.
+
+        Pass the page's ``next_cursor`` as *before* for the next page. The log lives in
+        the same store as the documents; it records what this library did, never
+        document values.
+        """
+        self._check_open()
+        _key(user_id, "default")
+        log = self._activity_log()
+        if log is None:
+            raise StorageUnavailableError("the store is unreachable: no activity to read")
+        return self._retry(functools.partial(log.entries, user_id, limit=limit, before=before))
+
+    @property
+    def widget_cache(self) -> WidgetDataCache:
+        """Fetched widget data per user and widget, with a TTL, kept in the same store.
+
+        Raises `StorageUnavailableError` while a store named by URL has not been reached.
+        """
+        self._check_open()
+        if self._widget_cache is None:
+            storage = self._reachable_storage(connect=True)
+            if storage is None:
+                raise StorageUnavailableError("the store is unreachable: no widget cache")
+            self._widget_cache = widget_cache_for(storage, clock=self._clock)
+        return self._widget_cache
+
     # -- events --------------------------------------------------------------------------
 
     def subscribe(self, callback: Subscriber) -> Unsubscribe:
@@ -829,7 +929,9 @@ class PersistenceManager(Generic[DocT]):
                 raise
             self._settle_success(key, pending, result)
         if result.source not in ("unchanged", "outbox"):
-            self._emit("merged" if result.merge is not None else "saved", key, result.version)
+            merged = result.merge is not None
+            self._emit("merged" if merged else "saved", key, result.version)
+            self._record("merged" if merged else "saved", key, result.version, pending.description)
         return result
 
     def _settle_success(self, key: DocumentKey, pending: PendingSave, result: SaveResult) -> None:
@@ -948,6 +1050,59 @@ class PersistenceManager(Generic[DocT]):
                 max_interval=self._config.outbox_probe_max_interval,
             )
         return sync
+
+    def _reachable_storage(self, *, connect: bool = False) -> Storage | None:
+        """The opened store behind this manager, or ``None`` while it is unreachable."""
+        if not isinstance(self._storage, ReconnectingStorage):
+            return self._storage
+        if connect and not self._storage.is_connected:
+            with contextlib.suppress(StorageUnavailableError):
+                self._storage.connect()
+        return self._storage.inner
+
+    def _activity_log(self) -> ActivityLog | None:
+        if self._activity is None:
+            storage = self._reachable_storage(connect=True)
+            if storage is not None:
+                self._activity = activity_log_for(storage)
+        return self._activity
+
+    def _record(
+        self, action: ActivityAction, key: DocumentKey, version: int | None, summary: str | None
+    ) -> None:
+        """Record an action in the activity log; a failure is logged, never raised (the
+        action itself is already committed)."""
+        try:
+            log = self._activity_log()
+            if log is not None:
+                log.record(
+                    ActivityEntry(
+                        action=action,
+                        user_id=key.user_id,
+                        layout_id=key.layout_id,
+                        version=version,
+                        device_id=self._device_id,
+                        at=self._clock(),
+                        summary=summary or "",
+                    )
+                )
+        except DashPersistError:
+            _LOG.warning(
+                "could not record %s of %s in the activity log", action, key, exc_info=True
+            )
+
+    def _on_remote_change(self, change: RemoteChange) -> None:
+        """Another process wrote (PostgreSQL NOTIFY): drop the stale copy and tell subscribers."""
+        invalidate_everywhere(self._storage, change.key)
+        self._events.emit(
+            ChangeEvent(
+                "deleted" if change.is_delete else "saved",
+                change.user_id,
+                change.layout_id,
+                change.version,
+                change.device_id,
+            )
+        )
 
     def _emit(
         self,

@@ -148,7 +148,7 @@ class ManagerMachine(RuleBasedStateMachine):
     @rule()
     def crash_and_reopen(self) -> None:
         for name in list(self.queued):  # the debounce window dies with the process
-            self.pm._autosave.discard(self.pm_key(name))
+            self.pm._autosave.discard((self.pm_key(name), None))
         self.queued.clear()
         self.pm.close()
         self.pm = self._open()
