@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dashpersist.activity import ActivityEntry, ActivityPage
 from dashpersist.async_manager import AsyncPersistenceManager
 from dashpersist.changes import LayoutChange, LayoutDiff
 from dashpersist.config import PersistenceConfig
@@ -23,19 +24,26 @@ from dashpersist.errors import (
     StorageUnavailableError,
     ValidationError,
 )
+from dashpersist.events import ChangeEvent
+from dashpersist.journal import PendingChange
 from dashpersist.manager import PersistenceManager, default_store_url
 from dashpersist.merge import Conflict, ConflictResolver, MergePolicy, MergeResult
-from dashpersist.models import Layout, SaveResult, VersionInfo, Widget
+from dashpersist.models import Layout, SaveResult, SyncResult, Versioned, VersionInfo, Widget
 from dashpersist.patch import apply_patch, make_patch
+from dashpersist.rotation import RotationProgress, RotationReport
 from dashpersist.storage import DocumentKey, MemoryStorage, Storage, StoredDocument, VersionRecord
 from dashpersist.storage.urls import open_storage
 from dashpersist.validation import Limits, ValidationReport, Validator
 from dashpersist.versions import IntegrityReport
+from dashpersist.widget_cache import WidgetDataCache
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivityEntry",
+    "ActivityPage",
     "AsyncPersistenceManager",
+    "ChangeEvent",
     "ConfigurationError",
     "Conflict",
     "ConflictError",
@@ -59,8 +67,11 @@ __all__ = [
     "OutboxBlockedError",
     "PatchError",
     "PayloadTooLargeError",
+    "PendingChange",
     "PersistenceConfig",
     "PersistenceManager",
+    "RotationProgress",
+    "RotationReport",
     "SaveResult",
     "Storage",
     "StorageError",
@@ -68,12 +79,15 @@ __all__ = [
     "StoragePermissionError",
     "StorageUnavailableError",
     "StoredDocument",
+    "SyncResult",
     "ValidationError",
     "ValidationReport",
     "Validator",
     "VersionInfo",
     "VersionRecord",
+    "Versioned",
     "Widget",
+    "WidgetDataCache",
     "__version__",
     "apply_patch",
     "default_store_url",
