@@ -9,6 +9,7 @@ stores its history record, and history is trimmed to ``max_versions``.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from dashpersist.cache import ReadCache, invalidate_everywhere
 from dashpersist.changes import describe_changes, summarize
 from dashpersist.codec import DocumentCodec
 from dashpersist.config import PersistenceConfig
-from dashpersist.errors import ConflictError, NotFoundError
+from dashpersist.errors import ConflictError, DashPersistError, NotFoundError
 from dashpersist.merge import ConflictResolver
 from dashpersist.models import SaveResult
 from dashpersist.outbox import OutboxEntry
@@ -35,6 +36,7 @@ __all__ = ["CachedDocument", "Committer", "LostRace", "PendingSave"]
 
 DocT = TypeVar("DocT", bound=pydantic.BaseModel)
 T = TypeVar("T")
+_LOG = logging.getLogger(__name__)
 
 _MERGE_ATTEMPTS = 10
 """Rounds of read-merge-write a save tries before giving up to a document that keeps moving."""
@@ -277,7 +279,12 @@ class Committer(Generic[DocT]):
         # Trim in batches of a tenth of max_versions: each trim rebuilds a keyframe.
         batch = max(1, keep // 10)
         if version > keep and (version - keep) % batch == 0:
-            self.retry(lambda: self._versions.apply_retention(key, keep=keep))
+            try:
+                self.retry(lambda: self._versions.apply_retention(key, keep=keep))
+            except DashPersistError:
+                # The write is committed; trimming is housekeeping that the next write
+                # retries (another process may be trimming the same history right now).
+                _LOG.warning("could not trim the history of %s", key, exc_info=True)
         return version
 
     def commit_entry(

@@ -130,7 +130,7 @@ def test_a_stale_save_whose_base_was_pruned_is_a_conflict_not_a_guess(storage: S
 def test_processes_editing_their_own_widgets_lose_no_acknowledged_edit(
     durable_store_url: str, processes: int
 ) -> None:
-    edits = 60
+    edits = 200
     names = [f"p{n}" for n in range(processes)]
     with PersistenceManager(durable_store_url) as setup:
         setup.save_layout(

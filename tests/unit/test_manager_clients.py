@@ -172,3 +172,21 @@ def test_fields_marked_encrypted_on_a_registered_settings_model_are_encrypted() 
     loaded = pm.load_layout("alice")
     assert loaded is not None
     assert loaded.widget("w1").settings["token"] == "secret-token-123"
+
+
+def test_a_history_trim_that_fails_after_the_commit_does_not_fail_the_save() -> None:
+    from dashpersist import NotFoundError
+    from dashpersist.testing import FaultyStorage
+
+    storage = FaultyStorage(MemoryStorage())
+    pm = PersistenceManager(storage, config=PersistenceConfig(max_versions=2, auto_save=False))
+    pm.save_layout("alice", board())
+    pm.save_layout("alice", board().with_changes(theme="dark"))
+    # Another process trimmed this history a moment ago: our trim finds versions gone.
+    storage.fail_next("compact", error=lambda: NotFoundError("version 1 is gone"))
+
+    third = pm.save_layout("alice", board().with_changes(theme="blue"))
+    fourth = pm.save_layout("alice", board().with_changes(theme="green"))
+
+    assert (third.version, fourth.version) == (3, 4)
+    assert [v.version for v in pm.get_version_history("alice")] == [4, 3]
