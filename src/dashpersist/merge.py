@@ -28,7 +28,6 @@ import operator
 import re
 import types
 import typing
-from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +36,7 @@ from typing import Literal, TypeAlias, cast
 import orjson
 from pydantic import BaseModel
 
+from dashpersist._sequences import longest_increasing_run
 from dashpersist.errors import ConfigurationError, ValidationError, ValidationIssue
 from dashpersist.types import JsonObject, JsonValue
 
@@ -643,25 +643,10 @@ def _moved(base_position: Mapping[_Segment, int], ids: list[_Segment]) -> set[_S
     positions = [base_position[item_id] for item_id in common]
     if all(left < right for left, right in itertools.pairwise(positions)):
         return set()
-    # Longest increasing subsequence, patience style: O(n log n) and deterministic.
-    tails: list[int] = []
-    tail_index: list[int] = []
-    previous = [-1] * len(positions)
-    for index, position in enumerate(positions):
-        slot = bisect_left(tails, position)
-        if slot:
-            previous[index] = tail_index[slot - 1]
-        if slot == len(tails):
-            tails.append(position)
-            tail_index.append(index)
-        else:
-            tails[slot] = position
-            tail_index[slot] = index
-    unmoved: set[_Segment] = set()
-    index = tail_index[-1]
-    while index != -1:
-        unmoved.add(common[index])
-        index = previous[index]
+    unmoved_positions = longest_increasing_run(positions)
+    unmoved = {
+        item_id for item_id, p in zip(common, positions, strict=True) if p in unmoved_positions
+    }
     return set(common) - unmoved
 
 

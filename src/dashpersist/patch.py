@@ -14,7 +14,6 @@ names the operation's index and path, never a value.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections.abc import Callable
 from itertools import compress, count, filterfalse
 from operator import itemgetter, ne
@@ -24,6 +23,7 @@ import jsonpatch
 import jsonpointer
 import orjson
 
+from dashpersist._sequences import longest_increasing_run
 from dashpersist.errors import PatchError
 from dashpersist.types import JsonObject, JsonPatch, JsonValue
 
@@ -206,7 +206,7 @@ def _reorder(
     to just after its predecessor in *target*, which yields *target* when done in order.
     """
     position = {item_id: index for index, item_id in enumerate(target)}
-    stays = _longest_increasing_run([position[item_id] for item_id in current])
+    stays = longest_increasing_run([position[item_id] for item_id in current])
     for index, item_id in enumerate(target):
         if index in stays:
             continue
@@ -220,29 +220,6 @@ def _reorder(
             {"op": "move", "from": f"{path}/{source}", "path": f"{path}/{destination}"}
         )
         current.insert(destination, current.pop(source))
-
-
-def _longest_increasing_run(values: list[int]) -> set[int]:
-    """Return the values of one longest strictly increasing subsequence of *values*."""
-    tails: list[int] = []
-    tail_at: list[int] = []
-    previous: list[int] = [-1] * len(values)
-    for index, value in enumerate(values):
-        slot = bisect_left(tails, value)
-        if slot:
-            previous[index] = tail_at[slot - 1]
-        if slot == len(tails):
-            tails.append(value)
-            tail_at.append(index)
-        else:
-            tails[slot] = value
-            tail_at[slot] = index
-    run: set[int] = set()
-    index = tail_at[-1] if tail_at else -1
-    while index >= 0:
-        run.add(values[index])
-        index = previous[index]
-    return run
 
 
 def _index_by_id(items: list[JsonValue]) -> dict[_ItemId, int] | None:
