@@ -88,7 +88,9 @@ def test_the_runnable_examples_of_a_page_run(
     blocks = RUNNABLE.findall(path.read_text("utf-8"))
 
     for number, block in enumerate(blocks, start=1):
-        code = compile(block, f"{path}, runnable block {number}", "exec")
+        # dont_inherit: a block runs as a reader's script would, without this module's
+        # `from __future__ import annotations` (pydantic models in it must see real types).
+        code = compile(block, f"{path}, runnable block {number}", "exec", dont_inherit=True)
         exec(code, namespace)  # noqa: S102 - our own documentation
 
     assert blocks

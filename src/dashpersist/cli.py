@@ -12,9 +12,9 @@ Exit codes, for scripts:
 
 == ==========================================================================
 0  success
-1  problems found (``verify``, ``migrate``'s check, blocked outbox entries), or a
-   confirmation declined
-2  usage: a bad option or argument, an unknown store URL, unusable keys
+1  problems found (``verify``, ``migrate``'s check, blocked outbox entries, documents
+   ``rotate-keys`` could not rotate), or a confirmation declined
+2  usage: a bad option or argument, an unknown store URL, unusable or missing keys
 3  not found: no such user, layout, version or outbox entry
 4  conflict: the document exists, or moved on while the command ran
 5  storage unavailable, full, refused or corrupt
@@ -61,6 +61,7 @@ from dashpersist.errors import (
 )
 from dashpersist.manager import PersistenceManager, default_store_url
 from dashpersist.patch import make_patch
+from dashpersist.rotation import RotationProgress, RotationReport
 from dashpersist.storage.protocol import DocumentKey, Storage, StoredDocument
 from dashpersist.storage.urls import open_storage
 from dashpersist.transfer import (
@@ -294,7 +295,8 @@ def _global_options(
             "--key-env",
             metavar="VAR",
             help="Environment variable holding the encryption keys (key_id:base64,...), "
-            "to decrypt encrypted fields for show, diff and export --decrypt.",
+            "to decrypt encrypted fields for show, diff and export --decrypt, and the "
+            "ring rotate-keys re-encrypts under (the last key is the primary).",
         ),
     ] = None,
     encrypted_field: Annotated[
@@ -554,6 +556,103 @@ def _report_problems(problems: list[IntegrityProblem]) -> None:
             Text(f"{_describe(problem.key)}{at}: {problem.kind}: ", style="red")
             + Text(_printable(problem.message))
         )
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+@app.command("rotate-keys")
+@_reports_errors
+def rotate_keys(
+    ctx: typer.Context,
+    field: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--field",
+            metavar="PATH",
+            help="A path of encrypted fields, as in PersistenceConfig.encrypted_fields "
+            "(repeatable; default: the --encrypted-field paths, widgets[*].settings.api_key).",
+        ),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = (
+        False
+    ),
+) -> None:
+    """Re-encrypt every version of every document under the primary key of --key-env."""
+    settings = _settings(ctx)
+    keyring = settings.keyring()
+    if keyring is None:
+        _fail(
+            "rotate-keys needs the keys: --key-env VAR holding every key in use, "
+            "the new one last (the primary)",
+            ExitCode.USAGE,
+        )
+    primary = keyring.primary_key_id
+    config = PersistenceConfig(
+        enable_encryption=True,
+        encrypted_fields=tuple(field) if field else settings.encrypted_fields,
+        auto_save=False,
+    )
+    with _opened(settings.url()) as storage:
+        total = len(document_keys(storage))
+        prompt = (
+            f"Re-encrypt every version of the {total} documents in the store under key "
+            f"{_printable(primary)!r}?"
+        )
+        if not yes and not _confirmed(prompt):
+            _fail("rotation declined; nothing was written", ExitCode.PROBLEMS)
+        # Through a manager, so that rotations are recorded in the activity log; this
+        # machine's outbox for the store is replayed first, so its entries rotate too.
+        with (
+            PersistenceManager(
+                storage,
+                config=config,
+                keyring=keyring,
+                device_id=CLI_DEVICE_ID,
+                start_threads=False,
+            ) as manager,
+            _progress() as progress,
+        ):
+            task = progress.add_task(f"re-encrypting under {_printable(primary)}", total=total)
+
+            def advance(step: RotationProgress) -> None:
+                progress.update(task, total=step.documents_total, completed=step.documents_done)
+
+            report = manager.rotate_keys(progress=advance)
+    _out().print(_rotation_table(report))
+    for failure in report.failures:
+        # Error messages name users, layouts, paths and key ids, never keys or plaintext.
+        _err().print(
+            Text(f"{_describe(failure.key)}: {type(failure.error).__name__}: ", style="red")
+            + Text(_printable(str(failure.error)))
+        )
+    if not report.ok:
+        _fail(
+            f"{len(report.failures)} of {report.documents_total} documents were not rotated "
+            "and were left as they were; keep the old keys in the ring (give the keys they "
+            "name in --key-env and run rotate-keys again)",
+            ExitCode.PROBLEMS,
+        )
+    typer.echo(
+        f"every stored version is encrypted under {_printable(primary)!r}: "
+        "the other keys can be dropped from the ring once no app's outbox holds older entries"
+    )
+
+
+def _rotation_table(report: RotationReport) -> Table:
+    unchanged = len(report.outcomes) - report.documents_rotated
+    table = Table(
+        "primary key", "documents", "rotated", "already rotated", "failed", "versions rewritten"
+    )
+    table.add_row(
+        Text(_printable(report.primary_key_id)),
+        str(report.documents_total),
+        str(report.documents_rotated),
+        str(unchanged),
+        str(len(report.failures)),
+        str(sum(outcome.versions for outcome in report.outcomes)),
+    )
+    return table
 
 
 # -- moving --------------------------------------------------------------------------------

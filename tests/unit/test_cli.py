@@ -854,3 +854,113 @@ def test_importing_dashpersist_does_not_import_the_cli_dependencies() -> None:
 
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"
+
+
+# -- rotating keys -------------------------------------------------------------------------
+
+NEW_KEY = KeyRing.generate_key()
+
+
+def keys_env(**keys: bytes) -> dict[str, str]:
+    """A --key-env variable holding *keys* in order (the last is the primary)."""
+    entries = ",".join(f"{key_id}:{base64.b64encode(key).decode()}" for key_id, key in keys.items())
+    return {KEYS_VAR: entries}
+
+
+def stored_text(url: str) -> str:
+    """Every stored byte of every document: current versions, keyframes and patches."""
+    return json.dumps(
+        [
+            [found.current.document, [repr(record) for record in found.history]]
+            for found in everything(url).values()
+        ]
+    )
+
+
+def test_rotate_keys_re_encrypts_every_version_so_the_old_key_can_go(url: str) -> None:
+    seed(url)
+
+    result = run(
+        "--store", url, "--key-env", KEYS_VAR, "rotate-keys", "--yes",
+        env=keys_env(k1=KEY, k2=NEW_KEY),
+    )  # fmt: skip
+
+    assert result.exit_code == ExitCode.OK, (result.stdout, result.stderr)
+    assert "k2" in result.stdout and "dropped" in result.stdout
+    assert "dp:v1:k1:" not in stored_text(url)
+    expected = {ALICE: [V1, V2, V3], DocumentKey("alice", "ops"): [V1], DocumentKey("bob"): [V2]}
+    for key, versions in expected.items():
+        for number, document in enumerate(versions, start=1):
+            shown = run(
+                "--store", url, "--key-env", KEYS_VAR, "show", key.user_id,
+                "--layout", key.layout_id, "--version", str(number), "--json",
+                env=keys_env(k2=NEW_KEY),
+            )  # fmt: skip
+            assert shown.exit_code == ExitCode.OK, (key, number, shown.stderr)
+            assert json.loads(shown.stdout) == document
+
+
+def test_rotate_keys_again_rewrites_nothing(url: str) -> None:
+    seed(url)
+    env = keys_env(k1=KEY, k2=NEW_KEY)
+    run("--store", url, "--key-env", KEYS_VAR, "rotate-keys", "--yes", env=env)
+    before = everything(url)
+
+    again = run("--store", url, "--key-env", KEYS_VAR, "rotate-keys", "--yes", env=env)
+
+    assert again.exit_code == ExitCode.OK
+    assert everything(url) == before
+
+
+def test_rotate_keys_with_a_key_missing_from_the_ring_exits_1_naming_it(url: str) -> None:
+    seed(url)
+    before = everything(url)
+
+    result = run(
+        "--store", url, "--key-env", KEYS_VAR, "rotate-keys", "--yes", env=keys_env(k2=NEW_KEY)
+    )
+
+    assert result.exit_code == ExitCode.PROBLEMS
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: 3 of 3 documents were not rotated")
+    assert all("'k1'" in line for line in lines[:-1]) and len(lines) == 4
+    assert "Traceback" not in result.stderr
+    for secret in (KEY, NEW_KEY):
+        assert base64.b64encode(secret).decode() not in result.stdout + result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+    assert everything(url) == before
+
+
+@pytest.mark.parametrize("answer", ["n\n", "", "\n"])
+def test_a_declined_rotation_exits_1_and_writes_nothing(url: str, answer: str) -> None:
+    seed(url)
+    before = everything(url)
+
+    result = run(
+        "--store", url, "--key-env", KEYS_VAR, "rotate-keys",
+        input=answer, env=keys_env(k1=KEY, k2=NEW_KEY),
+    )  # fmt: skip
+
+    assert "declined" in assert_one_error_line(result, ExitCode.PROBLEMS)
+    assert "under key 'k2'" in result.stdout
+    assert everything(url) == before
+
+
+def test_rotate_keys_without_keys_is_a_usage_error(url: str) -> None:
+    seed(url)
+
+    result = run("--store", url, "rotate-keys", "--yes")
+
+    assert "--key-env" in assert_one_error_line(result, ExitCode.USAGE)
+
+
+def test_rotate_keys_leaves_fields_not_named_by_field_as_they_are(url: str) -> None:
+    seed(url)
+
+    result = run(
+        "--store", url, "--key-env", KEYS_VAR, "rotate-keys", "--yes",
+        "--field", "widgets[*].settings.token", env=keys_env(k1=KEY, k2=NEW_KEY),
+    )  # fmt: skip
+
+    assert result.exit_code == ExitCode.OK
+    assert "dp:v1:k2:" not in stored_text(url)
