@@ -215,11 +215,8 @@ class PersistenceManager(Generic[DocT]):
         self._activity: ActivityLog | None = None
         self._widget_cache: WidgetDataCache | None = None
         self._listener: ChangeListener | None = None
-        if start_threads and self._reachable_storage() is not None:
-            # PostgreSQL tells every manager on the database about the others' writes.
-            self._listener = change_listener_for(
-                self._reachable_storage(), self._on_remote_change, on_reconnect=self._cache.clear
-            )
+        self._listening = False
+        self._listen()
         _LIVE_MANAGERS.add(self)
 
     # -- configuration -------------------------------------------------------------------
@@ -744,6 +741,7 @@ class PersistenceManager(Generic[DocT]):
             version = None if current is None else current.version
             if version is not None:
                 self._bases[key] = version
+        self._listen()
         return SyncResult(
             version=version,
             replayed=report.replayed,
@@ -928,6 +926,8 @@ class PersistenceManager(Generic[DocT]):
                 self._settle_failure(key, pending, exc)
                 raise
             self._settle_success(key, pending, result)
+        if result.source == "storage":
+            self._listen()
         if result.source not in ("unchanged", "outbox"):
             merged = result.merge is not None
             self._emit("merged" if merged else "saved", key, result.version)
@@ -1040,7 +1040,7 @@ class PersistenceManager(Generic[DocT]):
             Outbox(folder),
             self._storage,
             self._committer.commit_entry,
-            on_replayed=lambda entry, version: self._emit("outbox_replayed", entry.key, version),
+            on_replayed=self._on_replayed,
             on_blocked=lambda entry, exc: self._emit("outbox_blocked", entry.key, None, error=exc),
         )
         if self._start_threads:
@@ -1050,6 +1050,23 @@ class PersistenceManager(Generic[DocT]):
                 max_interval=self._config.outbox_probe_max_interval,
             )
         return sync
+
+    def _listen(self) -> None:
+        """Start hearing other processes' writes (PostgreSQL) once the store is reached;
+        a manager that started during an outage starts listening when it comes back."""
+        if self._listening or not self._start_threads:
+            return
+        storage = self._reachable_storage()
+        if storage is None:
+            return
+        self._listening = True
+        self._listener = change_listener_for(
+            storage, self._on_remote_change, on_reconnect=self._cache.clear
+        )
+
+    def _on_replayed(self, entry: OutboxEntry, version: int) -> None:
+        self._emit("outbox_replayed", entry.key, version)
+        self._record("saved", entry.key, version, entry.description or "Replayed from the outbox")
 
     def _reachable_storage(self, *, connect: bool = False) -> Storage | None:
         """The opened store behind this manager, or ``None`` while it is unreachable."""

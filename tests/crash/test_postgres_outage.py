@@ -77,8 +77,12 @@ def test_a_manager_started_during_an_outage_saves_to_the_outbox_then_catches_up(
     with pm:
         synced = pm.sync("alice")
         loaded = pm.load_layout("alice")
+        listening = pm._listener is not None and pm._listener.wait_until_listening(5)
+        activity = [e.action for e in pm.get_activity("alice").entries]
 
     assert parked.source == "outbox"
     assert seen_offline == layout("written offline")
     assert (synced.replayed, synced.version) == (1, 1)
     assert loaded == layout("written offline")
+    assert listening  # started once the database came back
+    assert activity == ["saved"]
