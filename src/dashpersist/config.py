@@ -30,7 +30,8 @@ class PersistenceConfig(BaseModel):
     enable_versioning: bool = True
     """Keep every committed write in the document's history."""
     max_versions: int = Field(50, ge=1)
-    """How many versions of a document history keeps (labelled versions are kept regardless)."""
+    """How many versions of a document history keeps at least (labelled ones regardless);
+    trimming cuts at a keyframe, so up to ``keyframe_interval - 1`` more may remain."""
     keyframe_interval: int = Field(32, ge=1)
     """Store a whole snapshot every this many versions; between them, history holds patches."""
     enable_conflict_resolution: bool = True

@@ -79,10 +79,14 @@ class VersionService:
         idempotency_key: str | None = None,
         schema_version: int = 1,
         document_checksum: str | None = None,
+        keyframe: bool = False,
     ) -> VersionRecord:
-        """Return the history record that writing *document* over *current* must store."""
+        """Return the history record that writing *document* over *current* must store.
+
+        ``keyframe=True`` stores the whole document even off the keyframe interval.
+        """
         version = 1 if current is None else current.version + 1
-        is_keyframe = current is None or (version - 1) % self._keyframe_interval == 0
+        is_keyframe = keyframe or current is None or (version - 1) % self._keyframe_interval == 0
         return VersionRecord(
             version=version,
             checksum=document_checksum or checksum(document),

@@ -168,6 +168,11 @@ def test_retention_keeps_the_newest_versions_and_labelled_ones(storage: Storage)
 
     history = pm.get_version_history("alice", limit=100)
 
+    # Trimming cuts at a keyframe (every 4th version here): the newest 5 and up to 3
+    # more are kept, and the labelled version 3 whatever its age.
+    assert [v.version for v in history] == [12, 11, 10, 9, 8, 7, 6, 5, 3]
+    pm.cleanup_old_versions("alice", keep=5)
+    history = pm.get_version_history("alice", limit=100)
     assert [v.version for v in history] == [12, 11, 10, 9, 8, 3]
     assert [pm.get_version("alice", v.version) for v in history] == [
         board(v.version) for v in history

@@ -179,7 +179,8 @@ def test_a_history_trim_that_fails_after_the_commit_does_not_fail_the_save() -> 
     from dashpersist.testing import FaultyStorage
 
     storage = FaultyStorage(MemoryStorage())
-    pm = PersistenceManager(storage, config=PersistenceConfig(max_versions=2, auto_save=False))
+    config = PersistenceConfig(max_versions=2, keyframe_interval=1, auto_save=False)
+    pm = PersistenceManager(storage, config=config)
     pm.save_layout("alice", board())
     pm.save_layout("alice", board().with_changes(theme="dark"))
     # Another process trimmed this history a moment ago: our trim finds versions gone.
