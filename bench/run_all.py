@@ -19,6 +19,7 @@ BENCHES = [
         "bench.bench_storage",
         "Storage and manager: save and load vs raw sqlite3 / psycopg / file write",
     ),
+    ("bench.bench_tinydb", "JSON folder vs TinyDB (1,000 users in one file)"),
     ("bench.bench_history", "History: delta storage vs full snapshots, and rebuilding a version"),
     ("bench.bench_patch", "Diff engine: make_patch vs jsonpatch.make_patch"),
     ("bench.bench_merge", "Three-way merge vs one make_patch of the same layouts"),

@@ -52,6 +52,8 @@ class PersistenceConfig(BaseModel):
     """Seconds between background attempts to replay the outbox while entries wait."""
     outbox_probe_max_interval: float = Field(60.0, gt=0)
     """Longest wait between replay attempts while storage stays down (backoff doubles)."""
+    widget_cache_purge_interval: float = Field(300.0, gt=0)
+    """Seconds between background purges of expired widget data (with ``start_threads``)."""
     outbox_dir: Path | None = None
     """Folder of the durable offline outbox; ``None``: a per-store user data folder."""
     cache_ttl: float = Field(300.0, ge=0)

@@ -854,7 +854,9 @@ class PersistenceManager(Generic[DocT]):
     def widget_cache(self) -> WidgetDataCache:
         """Fetched widget data per user and widget, with a TTL, kept in the same store.
 
-        Raises `StorageUnavailableError` while a store named by URL has not been reached.
+        Expired entries are never returned, and a background thread purges them every
+        ``widget_cache_purge_interval`` seconds (unless ``start_threads=False``). Raises
+        `StorageUnavailableError` while a store named by URL has not been reached.
         """
         self._check_open()
         if self._widget_cache is None:
@@ -862,6 +864,8 @@ class PersistenceManager(Generic[DocT]):
             if storage is None:
                 raise StorageUnavailableError("the store is unreachable: no widget cache")
             self._widget_cache = widget_cache_for(storage, clock=self._clock)
+            if self._start_threads:
+                self._widget_cache.start_purger(interval=self._config.widget_cache_purge_interval)
         return self._widget_cache
 
     # -- events --------------------------------------------------------------------------

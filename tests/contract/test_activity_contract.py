@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime
 
 import pytest
 
@@ -101,3 +102,23 @@ def test_a_write_in_another_process_reaches_subscribers_and_clears_the_cache(
     assert seen is not None
     assert seen.widget("w1").title == "from the child"
     assert [(e.kind, e.version) for e in events if e.device_id == "other-process"] == [("saved", 2)]
+
+
+def test_the_manager_purges_expired_widget_data_in_the_background(storage: Storage) -> None:
+    config = PersistenceConfig(auto_save=False, widget_cache_purge_interval=0.05)
+    pm = PersistenceManager(storage, config=config)
+    long_ago = datetime(2000, 1, 1, tzinfo=UTC)  # an entry "still valid then" is still stored
+    pm.widget_cache.put("alice", "w1", {"rows": []}, ttl=0.01)
+    assert pm.widget_cache.store.get_many("alice", ["w1"], now=long_ago) != {}
+    gone = threading.Event()
+
+    for _ in range(200):  # bounded: at most ~4 s
+        if pm.widget_cache.store.get_many("alice", ["w1"], now=long_ago) == {}:
+            gone.set()
+            break
+        gone.wait(0.02)
+    running = pm.widget_cache.is_purging
+    pm.close()
+
+    assert running
+    assert gone.is_set()
