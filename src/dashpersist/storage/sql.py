@@ -360,24 +360,7 @@ class SQLStorage:
         for record in history:
             _check_record_text(record)
         ids = (key.user_id, key.layout_id)
-        rows = [
-            (
-                *ids,
-                item.record.version,
-                item.record.checksum,
-                item.record.parent_checksum,
-                self._time_to_db(item.record.created_at),
-                item.record.change_type,
-                item.record.description,
-                item.record.device_id,
-                item.record.label,
-                item.record.schema_version,
-                item.record.idempotency_key,
-                None if item.patch is None else item.patch.decode(),
-                None if item.snapshot is None else item.snapshot.decode(),
-            )
-            for item in prepared.records
-        ]
+        rows = self._history_rows(key, prepared)
         with (
             self._translated(key=key, action="importing", expected_version=None),
             self._connectable.connect() as conn,
