@@ -86,3 +86,40 @@ def test_a_manager_started_during_an_outage_saves_to_the_outbox_then_catches_up(
     assert loaded == layout("written offline")
     assert listening  # started once the database came back
     assert activity == ["saved"]
+
+
+def test_an_entry_postgres_refuses_for_good_blocks_only_its_document(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    from dashpersist import OutboxBlockedError
+    from dashpersist.outbox import Outbox, OutboxEntry
+    from dashpersist.storage import DocumentKey
+
+    config = outage_config(tmp_path)
+    # An entry an older version wrote straight to the outbox: jsonb refuses NUL in text,
+    # though SQLite and the JSON folder would store it (S09).
+    poison = layout("before").model_dump(mode="json")
+    poison["widgets"][0]["title"] = "nul\x00inside"  # type: ignore[index]
+    outbox = Outbox(config.outbox_dir)  # type: ignore[arg-type]
+    outbox.append(OutboxEntry.create(DocumentKey("alice"), poison, base_version=None))
+    outbox.append(
+        OutboxEntry.create(
+            DocumentKey("bob"), layout("fine").model_dump(mode="json"), base_version=None
+        )
+    )
+    outbox.close()
+
+    with PersistenceManager(postgres_url, config=config) as pm:
+        with pytest.raises(OutboxBlockedError) as caught:
+            pm.sync("alice")
+        bob = pm.sync("bob")
+        (blocked, reason) = pm.blocked_outbox_entries()[0]
+        exported = pm.export_outbox_entry(blocked.entry_id)
+        pm.discard_outbox_entry(blocked.entry_id)
+        after = pm.sync("alice")
+
+    assert caught.value.entry_id == blocked.entry_id
+    assert "ValidationError" in reason
+    assert exported["status"] == "blocked"
+    assert (bob.replayed, bob.version) == (1, 1)
+    assert (after.replayed, after.version) == (0, None)
