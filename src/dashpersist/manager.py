@@ -199,14 +199,8 @@ class PersistenceManager(Generic[DocT]):
         self._sequence = itertools.count()
         self._written: dict[_Slot, int] = {}
         self._start_threads = start_threads
-        self._autosave: AutosaveQueue[_Slot, PendingSave, SaveResult] = AutosaveQueue(
-            self._write_queued,
-            delay=self._config.auto_save_delay,
-            max_wait=self._config.auto_save_max_wait,
-            clock=timer,
-            on_error=self._on_autosave_error,
-            start_worker=start_threads,
-        )
+        self._timer = timer
+        self._autosave = self._new_autosave()
         self._outbox_folder = _outbox_folder(self._config, store, self._storage)
         self._sync: Synchronizer | None = None
         if self._outbox_folder is not None and self._outbox_folder.exists():
@@ -251,6 +245,18 @@ class PersistenceManager(Generic[DocT]):
         except ConfigurationError:
             self._config = previous
             raise
+        self._codec.validator.limits = updated.limits
+        self._codec.validator.allow_unknown_widget_types = updated.allow_unknown_widget_types
+        self._resolver.prefer = updated.merge_prefer
+        self._versions.keyframe_interval = updated.keyframe_interval
+        if (updated.auto_save_delay, updated.auto_save_max_wait) != (
+            previous.auto_save_delay,
+            previous.auto_save_max_wait,
+        ):
+            # New timings: the old queue writes what it holds, a new one takes over.
+            old = self._autosave
+            self._autosave = self._new_autosave()
+            old.close()
         self._cache.clear()
         return updated
 
@@ -1054,6 +1060,16 @@ class PersistenceManager(Generic[DocT]):
                 max_interval=self._config.outbox_probe_max_interval,
             )
         return sync
+
+    def _new_autosave(self) -> AutosaveQueue[_Slot, PendingSave, SaveResult]:
+        return AutosaveQueue(
+            self._write_queued,
+            delay=self._config.auto_save_delay,
+            max_wait=self._config.auto_save_max_wait,
+            clock=self._timer,
+            on_error=self._on_autosave_error,
+            start_worker=self._start_threads,
+        )
 
     def _listen(self) -> None:
         """Start hearing other processes' writes (PostgreSQL) once the store is reached;

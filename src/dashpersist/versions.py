@@ -67,6 +67,10 @@ class VersionService:
         """Every this many versions, a record holds the whole document."""
         return self._keyframe_interval
 
+    @keyframe_interval.setter
+    def keyframe_interval(self, interval: int) -> None:
+        self._keyframe_interval = interval
+
     def record_for(
         self,
         current: StoredDocument | None,

@@ -260,3 +260,22 @@ def test_events_report_saves_queues_and_merges(tmp_path: Path) -> None:
 
     assert [(e.kind, e.version) for e in events] == [("queued", None), ("saved", 1), ("saved", 2)]
     assert {(e.user_id, e.layout_id) for e in events} == {("alice", "default")}
+
+
+def test_update_config_applies_new_autosave_timings_and_limits(tmp_path: Path) -> None:
+    clock = FakeClock()
+    storage = FaultyStorage(MemoryStorage())
+    pm = manager_on(storage, tmp_path, clock)
+    pm.save_layout("alice", layout("queued under the old timing"))
+
+    pm.update_config(auto_save_delay=0.5, auto_save_max_wait=1.0, merge_prefer="local")
+    written_by_the_switch = storage.calls["write"]
+    pm.save_layout("alice", layout("queued under the new timing"))
+    clock.advance(0.6)
+    written = pm.tick()
+
+    assert written_by_the_switch == 1  # the old queue wrote what it held
+    assert [r.version for r in written] == [2]
+    pm.update_config(limits={"max_string_length": 5})
+    with pytest.raises(ValidationError):
+        pm.save_layout("alice", layout("far too long a title"))
