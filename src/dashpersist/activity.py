@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import threading
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +34,7 @@ from dashpersist.errors import (
     ValidationIssue,
 )
 from dashpersist.storage._sidecar import (
+    SidecarFactory,
     SQLTables,
     UserFiles,
     clean_text,
@@ -416,8 +415,9 @@ def _text(raw: dict[str, JsonValue], name: str) -> str:
 
 # -- choosing the implementation ---------------------------------------------------------
 
-_MEMORY_LOGS: weakref.WeakKeyDictionary[object, MemoryActivityLog] = weakref.WeakKeyDictionary()
-_MEMORY_LOGS_LOCK = threading.Lock()
+_LOGS: SidecarFactory[ActivityLog] = SidecarFactory(
+    sql=SQLActivityLog, jsonfile=JSONFileActivityLog, memory=MemoryActivityLog
+)
 
 
 def activity_log_for(storage: object) -> ActivityLog:
@@ -429,25 +429,4 @@ def activity_log_for(storage: object) -> ActivityLog:
     `MemoryStorage`: memory, one log per storage object, so every manager of that
     object sees the same log.
     """
-    sql = sys.modules.get("dashpersist.storage.sql")  # not loaded: storage is no SQLStorage
-    if sql is not None and isinstance(storage, sql.SQLStorage):
-        return SQLActivityLog(storage.engine)
-    jsonfile = sys.modules.get("dashpersist.storage.jsonfile")
-    if jsonfile is not None and isinstance(storage, jsonfile.JSONFileStorage):
-        return JSONFileActivityLog(storage.root)
-    inner = getattr(storage, "inner", None)
-    if inner is not None and inner is not storage:
-        return activity_log_for(inner)
-    return _memory_log_for(storage)
-
-
-def _memory_log_for(storage: object) -> MemoryActivityLog:
-    with _MEMORY_LOGS_LOCK:
-        try:
-            log = _MEMORY_LOGS.get(storage)
-        except TypeError:  # not weakly referenceable: a log of its own
-            return MemoryActivityLog()
-        if log is None:
-            log = MemoryActivityLog()
-            _MEMORY_LOGS[storage] = log
-        return log
+    return _LOGS(storage)

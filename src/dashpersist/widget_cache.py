@@ -17,9 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import threading
-import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +31,7 @@ from dashpersist.errors import (
     ValidationIssue,
 )
 from dashpersist.storage._sidecar import (
+    SidecarFactory,
     SQLTables,
     UserFiles,
     open_regular,
@@ -460,10 +459,9 @@ def _live(entries: dict[str, JsonValue], now: datetime, path: Path) -> dict[str,
 
 # -- choosing the implementation ---------------------------------------------------------
 
-_MEMORY_STORES: weakref.WeakKeyDictionary[object, MemoryWidgetCacheStore] = (
-    weakref.WeakKeyDictionary()
+_STORES: SidecarFactory[WidgetCacheStore] = SidecarFactory(
+    sql=SQLWidgetCacheStore, jsonfile=JSONFileWidgetCacheStore, memory=MemoryWidgetCacheStore
 )
-_MEMORY_STORES_LOCK = threading.Lock()
 
 
 def widget_cache_for(
@@ -475,25 +473,4 @@ def widget_cache_for(
     (``storage.root``); a wrapper with an ``inner`` storage: the inner store's; anything
     else, including `MemoryStorage`: memory, shared by every cache made for that object.
     """
-    return WidgetDataCache(_store_for(storage), clock=clock)
-
-
-def _store_for(storage: object) -> WidgetCacheStore:
-    sql = sys.modules.get("dashpersist.storage.sql")  # not loaded: storage is no SQLStorage
-    if sql is not None and isinstance(storage, sql.SQLStorage):
-        return SQLWidgetCacheStore(storage.engine)
-    jsonfile = sys.modules.get("dashpersist.storage.jsonfile")
-    if jsonfile is not None and isinstance(storage, jsonfile.JSONFileStorage):
-        return JSONFileWidgetCacheStore(storage.root)
-    inner = getattr(storage, "inner", None)
-    if inner is not None and inner is not storage:
-        return _store_for(inner)
-    with _MEMORY_STORES_LOCK:
-        try:
-            store = _MEMORY_STORES.get(storage)
-        except TypeError:  # not weakly referenceable: a store of its own
-            return MemoryWidgetCacheStore()
-        if store is None:
-            store = MemoryWidgetCacheStore()
-            _MEMORY_STORES[storage] = store
-        return store
+    return WidgetDataCache(_STORES(storage), clock=clock)

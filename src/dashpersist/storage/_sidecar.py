@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import sys
 import threading
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import filelock
 
@@ -287,3 +289,51 @@ def sync_folder(folder: Path) -> None:
 
 def _busy(path: Path) -> StorageUnavailableError:
     return StorageUnavailableError(f"{path} stayed locked by another writer for {_LOCK_TIMEOUT} s")
+
+
+T = TypeVar("T")
+
+
+class SidecarFactory(Generic[T]):
+    """Pick the implementation of a sidecar (activity log, widget cache) kept in the same
+    store as a storage object's documents.
+
+    `SQLStorage`: built on its engine; `JSONFileStorage`: on its folder; a wrapper with an
+    ``inner`` storage (such as `dashpersist.testing.FaultyStorage`): the inner store's;
+    anything else, including `MemoryStorage`: in memory, one per storage object, so every
+    manager of that object shares it.
+    """
+
+    def __init__(
+        self,
+        *,
+        sql: Callable[[Engine], T],
+        jsonfile: Callable[[Path], T],
+        memory: Callable[[], T],
+    ) -> None:
+        self._sql = sql
+        self._jsonfile = jsonfile
+        self._memory = memory
+        self._in_memory: weakref.WeakKeyDictionary[object, T] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def __call__(self, storage: object) -> T:
+        """Return the sidecar for *storage*."""
+        sql = sys.modules.get("dashpersist.storage.sql")  # not loaded: storage is no SQLStorage
+        if sql is not None and isinstance(storage, sql.SQLStorage):
+            return self._sql(storage.engine)
+        jsonfile = sys.modules.get("dashpersist.storage.jsonfile")
+        if jsonfile is not None and isinstance(storage, jsonfile.JSONFileStorage):
+            return self._jsonfile(storage.root)
+        inner = getattr(storage, "inner", None)
+        if inner is not None and inner is not storage:
+            return self(inner)
+        with self._lock:
+            try:
+                made = self._in_memory.get(storage)
+            except TypeError:  # not weakly referenceable: one of its own
+                return self._memory()
+            if made is None:
+                made = self._memory()
+                self._in_memory[storage] = made
+            return made
