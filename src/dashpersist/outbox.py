@@ -74,6 +74,7 @@ import filelock
 
 from dashpersist._canonical import canonical_json, parse_json
 from dashpersist._faults import faultpoint
+from dashpersist._fsync import fsync_folder
 from dashpersist.errors import (
     ConfigurationError,
     CorruptStoreError,
@@ -128,7 +129,6 @@ _MARKER_FIELDS: Final = {
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _FILE_MODE = 0o600
 _FOLDER_MODE = 0o700
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -797,8 +797,4 @@ class Outbox:
         if not self._fsync:
             return
         with _os_errors(self._folder, "sync"):
-            fd = os.open(self._folder, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_folder(self._folder)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import filelock
 
+from dashpersist._fsync import fsync_folder
 from dashpersist.errors import (
     CorruptStoreError,
     DashPersistError,
@@ -52,7 +53,6 @@ __all__ = [
 
 _NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
-_DIRECTORY: Final = getattr(os, "O_DIRECTORY", 0)
 _FILE_MODE: Final = 0o666  # narrowed by the process umask, like the documents' files
 _LOCK_TIMEOUT: Final = 10.0  # seconds; JSONFileStorage's default
 _LOCK_POLL_INTERVAL: Final = 0.002
@@ -280,11 +280,7 @@ def remove_file(path: Path) -> None:
 def sync_folder(folder: Path) -> None:
     """Make the folder's entries (a rename, a new file) durable."""
     with _os_errors(folder, "sync"):
-        fd = os.open(folder, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_folder(folder)
 
 
 def _busy(path: Path) -> StorageUnavailableError:

@@ -94,6 +94,7 @@ import filelock
 
 from dashpersist._canonical import canonical_json, checksum_bytes, parse_json
 from dashpersist._faults import faultpoint
+from dashpersist._fsync import fsync_folder
 from dashpersist.errors import (
     ConfigurationError,
     ConflictError,
@@ -1188,11 +1189,7 @@ class JSONFileStorage:
         if not self._fsync:
             return
         with _os_errors(self._root, "sync"):
-            fd = os.open(self._root, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_folder(self._root)
 
     # -- locking -------------------------------------------------------------------------
 
