@@ -772,14 +772,7 @@ class PersistenceManager(Generic[DocT]):
         `StorageUnavailableError` while the store is unreachable.
         """
         self._check_open()
-        replayed = 0
-        for key in [] if self._sync is None else self._sync.pending_keys():
-            with self._lock_for(key):
-                try:
-                    replayed += self._replay(key).replayed
-                except OutboxBlockedError:
-                    continue
-        return replayed
+        return self._replay_everything()
 
     def export_outbox_entry(self, entry_id: str) -> JsonObject:
         """Return an outbox entry as plain JSON, for a person to inspect or keep."""
@@ -1029,16 +1022,17 @@ class PersistenceManager(Generic[DocT]):
             return ReplayReport()
         return self._sync.replay(key)
 
-    def _replay_everything(self) -> None:
-        """The probe's pass over every document with entries waiting."""
-        if self._closed:
-            return
-        for key in [] if self._sync is None else self._sync.pending_keys():
+    def _replay_everything(self) -> int:
+        """Replay every document with entries waiting (`replay_outbox`, and the probe's
+        pass); blocked documents are skipped. Return how many entries reached storage."""
+        replayed = 0
+        for key in [] if self._closed or self._sync is None else self._sync.pending_keys():
             with self._lock_for(key):
                 try:
-                    self._replay(key)
+                    replayed += self._replay(key).replayed
                 except OutboxBlockedError:
                     continue
+        return replayed
 
     def _synchronizer(self, *, create: bool) -> Synchronizer | None:
         if self._sync is None and create and self._outbox_folder is not None:
