@@ -12,6 +12,7 @@ import os
 import sqlite3
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._timing import format_table, layout_document, median_seconds
-from dashpersist import DocumentKey, Layout, PersistenceConfig, PersistenceManager
+from dashpersist import DocumentKey, Layout, PersistenceConfig, PersistenceManager, Storage
 from dashpersist.storage.jsonfile import JSONFileStorage
 from dashpersist.storage.sql import SQLStorage
 
@@ -83,6 +84,19 @@ def raw_atomic_write(folder: Path, body: bytes) -> None:
         os.close(dir_fd)
 
 
+def _writer(storage: Storage, documents: Iterator[dict[str, Any]]) -> Callable[[], None]:
+    """Return a function that writes the next document with compare-and-swap."""
+    key = DocumentKey("u")
+    version = {"now": 0}
+
+    def write() -> None:
+        version["now"] = storage.write(
+            key, next(documents), expected_version=version["now"] or None
+        )
+
+    return write
+
+
 def _bodies(size: int) -> list[dict[str, Any]]:
     return [layout_document(size, revision) for revision in range(64)]
 
@@ -97,16 +111,11 @@ def bench_sqlite(root: Path, size: int) -> dict[str, object]:
     uncached = PersistenceManager(
         f"sqlite:///{root / f'manager-{size}.db'}", config=PersistenceConfig(cache_size=0)
     )
-    key = DocumentKey("u")
-    state = {"storage": 0}
     raw_cycle, storage_cycle, model_cycle = (
         itertools.cycle(x) for x in (encoded, documents, models)
     )
 
-    def storage_write() -> None:
-        state["storage"] = storage.write(
-            key, next(storage_cycle), expected_version=state["storage"] or None
-        )
+    storage_write = _writer(storage, storage_cycle)
 
     times = median_seconds(
         {
@@ -150,15 +159,10 @@ def bench_jsonfile(root: Path, size: int) -> dict[str, object]:
     raw_folder.mkdir()
     storage = JSONFileStorage(root / f"json-{size}")
     managed = PersistenceManager(JSONFileStorage(root / f"json-manager-{size}"))
-    key = DocumentKey("u")
-    state = {"storage": 0}
     raw_cycle, storage_cycle = itertools.cycle(encoded), itertools.cycle(documents)
     model_cycle = itertools.cycle([Layout.model_validate(d) for d in documents])
 
-    def storage_write() -> None:
-        state["storage"] = storage.write(
-            key, next(storage_cycle), expected_version=state["storage"] or None
-        )
+    storage_write = _writer(storage, storage_cycle)
 
     batches, per_batch = _per_size(size)
     times = median_seconds(
@@ -213,14 +217,9 @@ def bench_postgres(size: int, server: Any) -> dict[str, object]:
 
     raw.autocommit = True
     storage = SQLStorage(url)
-    key = DocumentKey("u")
-    state = {"storage": 0}
     raw_cycle, storage_cycle = itertools.cycle(encoded), itertools.cycle(documents)
 
-    def storage_write() -> None:
-        state["storage"] = storage.write(
-            key, next(storage_cycle), expected_version=state["storage"] or None
-        )
+    storage_write = _writer(storage, storage_cycle)
 
     batches, per_batch = _per_size(size)
     times = median_seconds(
