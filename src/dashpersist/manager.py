@@ -28,6 +28,7 @@ from dashpersist.activity import (
     ActivityEntry,
     ActivityLog,
     ActivityPage,
+    ActivityRecorder,
     activity_log_for,
 )
 from dashpersist.autosave import AutosaveQueue
@@ -699,6 +700,8 @@ class PersistenceManager(Generic[DocT]):
             self._listener.close()
         if self._widget_cache is not None:
             self._widget_cache.close()
+        if self._activity is not None:
+            ActivityRecorder.shared().flush()  # before the store it writes to closes
         self._cache.clear()
         _LIVE_MANAGERS.discard(self)
         if self._owns_storage:
@@ -847,6 +850,7 @@ class PersistenceManager(Generic[DocT]):
         log = self._activity_log()
         if log is None:
             raise StorageUnavailableError("the store is unreachable: no activity to read")
+        ActivityRecorder.shared().flush()  # this process's entries, this manager's included
         return self._retry(functools.partial(log.entries, user_id, limit=limit, before=before))
 
     @property
@@ -1106,7 +1110,8 @@ class PersistenceManager(Generic[DocT]):
         try:
             log = self._activity_log()
             if log is not None:
-                log.record(
+                ActivityRecorder.shared().record(
+                    log,
                     ActivityEntry(
                         action=action,
                         user_id=key.user_id,
@@ -1115,7 +1120,8 @@ class PersistenceManager(Generic[DocT]):
                         device_id=self._device_id,
                         at=self._clock(),
                         summary=summary or "",
-                    )
+                    ),
+                    now=not self._start_threads,
                 )
         except DashPersistError:
             _LOG.warning(

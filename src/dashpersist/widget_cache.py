@@ -45,6 +45,8 @@ from dashpersist.types import JsonObject, JsonValue
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from dashpersist.storage.sql import SQLStorage
+
 __all__ = [
     "MAX_BATCH",
     "JSONFileWidgetCacheStore",
@@ -287,8 +289,8 @@ class SQLWidgetCacheStore:
     deletes what has expired for everyone.
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self._tables = SQLTables(engine)
+    def __init__(self, store: Engine | SQLStorage) -> None:
+        self._tables = SQLTables(store)
         self._upsert = self._tables.sql(
             "INSERT INTO dashpersist_widget_cache (user_id, widget_id, data, stored_at, "
             "expires_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, widget_id) DO UPDATE "

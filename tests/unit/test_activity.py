@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import event
 
+from dashpersist import PersistenceConfig, PersistenceManager
 from dashpersist.activity import (
     MAX_PAGE_SIZE,
     MAX_SUMMARY_LENGTH,
     ActivityEntry,
     ActivityLog,
+    ActivityRecorder,
     JSONFileActivityLog,
     MemoryActivityLog,
     SQLActivityLog,
     activity_log_for,
 )
-from dashpersist.errors import ConfigurationError, CorruptStoreError, ValidationError
+from dashpersist.errors import ConfigurationError, CorruptStoreError, StorageError, ValidationError
 from dashpersist.storage import DocumentKey, MemoryStorage, Storage
 from dashpersist.storage.jsonfile import JSONFileStorage
 from dashpersist.storage.sql import SQLStorage
@@ -330,3 +335,109 @@ def test_a_json_log_file_copied_from_another_user_is_corrupt(tmp_path: Path) -> 
 
     with pytest.raises(CorruptStoreError, match="not an entry of this user's log"):
         log.entries("alice")
+
+
+# -- batches and the recorder -----------------------------------------------------------------
+
+
+def test_a_batch_keeps_its_order_across_users(storage: Storage) -> None:
+    log = activity_log_for(storage)
+    log.record_many([entry(1), entry(2, user_id="bob"), entry(3), entry(4, user_id="bob")])
+    log.record_many([])
+
+    assert [e.version for e in log.entries("alice").entries] == [3, 1]
+    assert [e.version for e in log.entries("bob").entries] == [4, 2]
+
+
+def test_the_recorder_writes_in_the_background_in_recorded_order() -> None:
+    first, second = MemoryActivityLog(), MemoryActivityLog()
+    recorder = ActivityRecorder(linger=0.01)
+    for n in range(1, 7):
+        recorder.record(first if n % 2 else second, entry(n))
+
+    deadline = time.monotonic() + 5
+    while len(first.entries("alice").entries) < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+    assert [e.version for e in first.entries("alice").entries] == [5, 3, 1]
+    assert [e.version for e in second.entries("alice").entries] == [6, 4, 2]
+
+
+def test_the_recorder_writes_one_batch_per_burst_of_entries() -> None:
+    batches: list[int] = []
+
+    class CountingLog(MemoryActivityLog):
+        def record_many(self, entries: Sequence[ActivityEntry]) -> None:
+            batches.append(len(entries))
+            super().record_many(entries)
+
+    log = CountingLog()
+    recorder = ActivityRecorder(linger=3600)  # the thread waits: flush() writes
+    for n in range(1, 101):
+        recorder.record(log, entry(n))
+    recorder.flush()
+
+    assert batches == [100]
+    assert len(log.entries("alice", limit=MAX_PAGE_SIZE).entries) == 100
+
+
+def test_recording_now_writes_before_returning() -> None:
+    log = MemoryActivityLog()
+    recorder = ActivityRecorder(linger=3600)
+    recorder.record(log, entry(1))
+    recorder.record(log, entry(2), now=True)
+
+    assert [e.version for e in log.entries("alice").entries] == [2, 1]
+
+
+def test_a_refused_batch_is_logged_and_later_batches_still_go_in(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class BrokenLog(MemoryActivityLog):
+        def record_many(self, entries: Sequence[ActivityEntry]) -> None:
+            raise StorageError("the activity table is gone")
+
+    broken, working = BrokenLog(), MemoryActivityLog()
+    recorder = ActivityRecorder(linger=3600)
+    recorder.record(broken, entry(1))
+    recorder.record(working, entry(2))
+    with caplog.at_level(logging.WARNING, logger="dashpersist.activity"):
+        recorder.flush()
+
+    assert "could not record 1 activity entries" in caplog.text
+    assert [e.version for e in working.entries("alice").entries] == [2]
+
+
+def test_beyond_max_pending_the_oldest_entries_are_dropped_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = MemoryActivityLog()
+    recorder = ActivityRecorder(linger=3600, max_pending=3)
+    with caplog.at_level(logging.WARNING, logger="dashpersist.activity"):
+        for n in range(1, 6):
+            recorder.record(log, entry(n))
+    recorder.flush()
+
+    assert [e.version for e in log.entries("alice").entries] == [5, 4, 3]
+    assert "dropped 1 queued activity entries" in caplog.text
+
+
+def test_a_closed_sql_storage_refuses_activity_instead_of_reconnecting(tmp_path: Path) -> None:
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'store.db'}")
+    log = activity_log_for(storage)
+    log.record(entry(1))
+    storage.close()
+
+    with pytest.raises(ConfigurationError, match="closed"):
+        log.record(entry(2))
+
+
+def test_a_manager_reads_the_activity_of_every_manager_of_its_process(tmp_path: Path) -> None:
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'store.db'}")
+    laptop = PersistenceManager(storage, config=PersistenceConfig(auto_save=False))
+    phone = PersistenceManager(storage, config=PersistenceConfig(auto_save=False))
+    laptop.save_layout("alice", {"widgets": []})
+    phone.load_layout("alice")
+    phone.save_layout("alice", {"widgets": [], "theme": "dark"})
+
+    assert [e.version for e in laptop.get_activity("alice").entries] == [2, 1]

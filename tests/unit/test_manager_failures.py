@@ -16,6 +16,7 @@ from dashpersist import (
     StorageUnavailableError,
     Widget,
 )
+from dashpersist.activity import ActivityRecorder
 from dashpersist.errors import StorageError
 from dashpersist.storage import Storage
 from dashpersist.storage.urls import ReconnectingStorage
@@ -52,16 +53,17 @@ def test_a_failed_activity_record_is_logged_and_the_save_stands(
     log = pm._activity_log()
     assert log is not None
 
-    def broken(entry: object) -> None:
+    def broken(entries: object) -> None:
         raise StorageError("activity table is gone")
 
-    log.record = broken  # type: ignore[method-assign]
-    with caplog.at_level(logging.WARNING, logger="dashpersist.manager"):
+    log.record_many = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="dashpersist.activity"):
         result = pm.save_layout("alice", board("kept"))
+        ActivityRecorder.shared().flush()
 
     assert result.version == 1
     assert pm.load_layout("alice") == board("kept")
-    assert "could not record saved" in caplog.text
+    assert "could not record 1 activity entries" in caplog.text
 
 
 def test_turning_encryption_on_without_a_keyring_changes_nothing() -> None:

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import filelock
+from sqlalchemy import Engine
 
 from dashpersist._fsync import fsync_folder
 from dashpersist.errors import (
+    ConfigurationError,
     CorruptStoreError,
     DashPersistError,
     StorageError,
@@ -37,7 +39,7 @@ from dashpersist.errors import (
 from dashpersist.storage.jsonfile import _os_errors, _stem, _translated
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from dashpersist.storage.sql import SQLStorage
 
 __all__ = [
     "SQLTables",
@@ -71,7 +73,11 @@ class SQLTables:
     The engine stays the storage's: nothing here disposes of it.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, store: Engine | SQLStorage) -> None:
+        # Given the storage, statements are refused once it is closed: its engine may be
+        # disposed of, and a statement would open a connection nobody closes.
+        self._storage = None if isinstance(store, Engine) else store
+        engine = store if isinstance(store, Engine) else store.engine
         self._engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._where = engine.url.render_as_string(hide_password=True)
@@ -88,7 +94,7 @@ class SQLTables:
         `StoragePermissionError`, `CorruptStoreError`, `ValidationError` or `StorageError`,
         with the original as ``__cause__``; messages hold no values.
         """
-        rows, _ = self._run(statement, params, action)
+        rows, _ = self._run(statement, tuple(params), action)
         return rows
 
     def execute(self, statement: str, params: Sequence[Any], *, action: str) -> int:
@@ -96,15 +102,27 @@ class SQLTables:
 
         Errors are translated as by `query`.
         """
-        _, rowcount = self._run(statement, params, action)
+        _, rowcount = self._run(statement, tuple(params), action)
+        return rowcount
+
+    def execute_many(self, statement: str, rows: Sequence[Sequence[Any]], *, action: str) -> int:
+        """Run *statement* once per row of parameters, all in one transaction, and commit;
+        return the rows it changed. Errors are translated as by `query`."""
+        _, rowcount = self._run(statement, [tuple(row) for row in rows], action)
         return rowcount
 
     def _run(
-        self, statement: str, params: Sequence[Any], action: str
+        self,
+        statement: str,
+        params: tuple[Any, ...] | list[tuple[Any, ...]],
+        action: str,
     ) -> tuple[list[Sequence[Any]], int]:
+        # SQLAlchemy's rule: a tuple is one row of parameters, a list many (executemany).
+        if self._storage is not None and self._storage.closed:
+            raise ConfigurationError(f"{action} in {self._where} failed: the storage is closed")
         try:
             with self._engine.connect() as conn:
-                result = conn.exec_driver_sql(statement, tuple(params))
+                result = conn.exec_driver_sql(statement, params)
                 rows: list[Sequence[Any]] = list(result.fetchall()) if result.returns_rows else []
                 rowcount = result.rowcount
                 conn.commit()
@@ -303,7 +321,7 @@ class SidecarFactory(Generic[T]):
     def __init__(
         self,
         *,
-        sql: Callable[[Engine], T],
+        sql: Callable[[SQLStorage], T],
         jsonfile: Callable[[Path], T],
         memory: Callable[[], T],
     ) -> None:
@@ -317,7 +335,7 @@ class SidecarFactory(Generic[T]):
         """Return the sidecar for *storage*."""
         sql = sys.modules.get("dashpersist.storage.sql")  # not loaded: storage is no SQLStorage
         if sql is not None and isinstance(storage, sql.SQLStorage):
-            return self._sql(storage.engine)
+            return self._sql(storage)
         jsonfile = sys.modules.get("dashpersist.storage.jsonfile")
         if jsonfile is not None and isinstance(storage, jsonfile.JSONFileStorage):
             return self._jsonfile(storage.root)

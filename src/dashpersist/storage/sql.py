@@ -390,6 +390,11 @@ class SQLStorage:
             self._notify_change(conn, key, current.version, None)
             conn.commit()
 
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._closed
+
     def close(self) -> None:
         """Release the connections; dispose of the engine if this object created it.
 
