@@ -3,6 +3,12 @@
 Baselines: stdlib sqlite3 (WAL, synchronous=NORMAL) doing the same upsert + history insert
 in one transaction with the body pre-serialized; raw psycopg doing the same on PostgreSQL;
 a raw atomic file write (temp + fsync + rename + directory fsync) of the same bytes.
+
+``save_layout`` is measured three ways, each a new version with one widget changed:
+``save_layout_*`` saves what an app's edit makes (the last layout with one widget
+changed by `Layout.update_widget`, the other widgets the same objects), the headline
+figure; ``fresh_model_ratio`` saves layouts validated from dicts (every widget a new
+object); ``dict_ratio`` saves plain dicts (JSON from a browser).
 """
 
 from __future__ import annotations
@@ -101,6 +107,51 @@ def _bodies(size: int) -> list[dict[str, Any]]:
     return [layout_document(size, revision) for revision in range(64)]
 
 
+def _saves_needed(size: int) -> int:
+    batches, per_batch = _per_size(size)
+    return 3 + batches * per_batch  # the warm-up, then every timed call
+
+
+def _edits(size: int) -> Iterator[Layout]:
+    """Layouts as an app makes them: each is the last one with one widget retitled
+    (`update_widget`), so the other widgets are the same objects as in the last save."""
+    layout = Layout.model_validate(layout_document(size, 0))
+    chain = []
+    for revision in range(_saves_needed(size)):
+        layout = layout.update_widget(f"w{revision % size}", title=f"Edit {revision}")
+        chain.append(layout)
+    return iter(chain)
+
+
+def _fresh(size: int) -> Iterator[Layout]:
+    """Layouts validated from dicts, each save's widgets new objects never saved before."""
+    return iter(
+        [
+            Layout.model_validate(layout_document(size, revision))
+            for revision in range(_saves_needed(size))
+        ]
+    )
+
+
+def _manager_saves(
+    store: str | Storage, size: int, make: Callable[[int], Iterator[Any]]
+) -> Callable[[], None]:
+    """Return a function that saves the next layout *make* yields, at once, through a new
+    manager of *store*."""
+    manager: PersistenceManager[Layout] = PersistenceManager(store)
+    layouts = make(size)
+    _MANAGERS.append(manager)
+    return lambda: manager.save_layout("u", next(layouts), immediate=True)
+
+
+def _dicts(size: int) -> Iterator[dict[str, Any]]:
+    """Layouts as plain dicts (a browser's JSON), one widget changed from the last."""
+    return (layout_document(size, revision) for revision in itertools.count())
+
+
+_MANAGERS: list[PersistenceManager[Layout]] = []
+
+
 def bench_sqlite(root: Path, size: int) -> dict[str, object]:
     documents = _bodies(size)
     encoded = [orjson.dumps(d, option=orjson.OPT_SORT_KEYS).decode() for d in documents]
@@ -111,9 +162,8 @@ def bench_sqlite(root: Path, size: int) -> dict[str, object]:
     uncached = PersistenceManager(
         f"sqlite:///{root / f'manager-{size}.db'}", config=PersistenceConfig(cache_size=0)
     )
-    raw_cycle, storage_cycle, model_cycle = (
-        itertools.cycle(x) for x in (encoded, documents, models)
-    )
+    raw_cycle, storage_cycle = itertools.cycle(encoded), itertools.cycle(documents)
+    managed.save_layout("u", models[0], immediate=True)  # what the loads read
 
     storage_write = _writer(storage, storage_cycle)
 
@@ -121,7 +171,11 @@ def bench_sqlite(root: Path, size: int) -> dict[str, object]:
         {
             "raw_save": lambda: raw.save(next(raw_cycle)),
             "storage_write": storage_write,
-            "manager_save": lambda: managed.save_layout("u", next(model_cycle), immediate=True),
+            "manager_save": _manager_saves(f"sqlite:///{root / f'edits-{size}.db'}", size, _edits),
+            "fresh_model_save": _manager_saves(
+                f"sqlite:///{root / f'fresh-{size}.db'}", size, _fresh
+            ),
+            "dict_save": _manager_saves(f"sqlite:///{root / f'dicts-{size}.db'}", size, _dicts),
         },
         batches=_per_size(size)[0],
         per_batch=_per_size(size)[1],
@@ -138,6 +192,8 @@ def bench_sqlite(root: Path, size: int) -> dict[str, object]:
     storage.close()
     managed.close()
     uncached.close()
+    while _MANAGERS:
+        _MANAGERS.pop().close()
     return {
         "backend": "sqlite",
         "widgets": size,
@@ -146,6 +202,8 @@ def bench_sqlite(root: Path, size: int) -> dict[str, object]:
         "storage_write_ratio": times["storage_write"] / times["raw_save"],
         "save_layout_us": times["manager_save"] * 1e6,
         "save_layout_ratio": times["manager_save"] / times["raw_save"],
+        "fresh_model_ratio": times["fresh_model_save"] / times["raw_save"],
+        "dict_ratio": times["dict_save"] / times["raw_save"],
         "cold_load_us": load_times["cold_load"] * 1e6,
         "cached_load_us": load_times["cached_load"] * 1e6,
         "cached_to_cold": load_times["cached_load"] / load_times["cold_load"],
@@ -158,9 +216,7 @@ def bench_jsonfile(root: Path, size: int) -> dict[str, object]:
     raw_folder = root / f"raw-json-{size}"
     raw_folder.mkdir()
     storage = JSONFileStorage(root / f"json-{size}")
-    managed = PersistenceManager(JSONFileStorage(root / f"json-manager-{size}"))
     raw_cycle, storage_cycle = itertools.cycle(encoded), itertools.cycle(documents)
-    model_cycle = itertools.cycle([Layout.model_validate(d) for d in documents])
 
     storage_write = _writer(storage, storage_cycle)
 
@@ -169,13 +225,16 @@ def bench_jsonfile(root: Path, size: int) -> dict[str, object]:
         {
             "raw_save": lambda: raw_atomic_write(raw_folder, next(raw_cycle)),
             "storage_write": storage_write,
-            "manager_save": lambda: managed.save_layout("u", next(model_cycle), immediate=True),
+            "manager_save": _manager_saves(
+                JSONFileStorage(root / f"json-manager-{size}"), size, _edits
+            ),
         },
         batches=batches,
         per_batch=per_batch,
     )
     storage.close()
-    managed.close()
+    while _MANAGERS:
+        _MANAGERS.pop().close()
     return {
         "backend": "jsonfile",
         "widgets": size,
@@ -267,6 +326,8 @@ COLUMNS = [
     "storage_write_ratio",
     "save_layout_us",
     "save_layout_ratio",
+    "fresh_model_ratio",
+    "dict_ratio",
     "cold_load_us",
     "cached_load_us",
     "cached_to_cold",

@@ -44,12 +44,15 @@ class DocumentCodec(Generic[DocT]):
     def validate(self, document: DocT | JsonObject, *, owned: bool = False) -> JsonObject:
         """Return *document* validated as plain JSON that shares nothing with the input.
 
-        ``owned=True`` says nobody else holds the dict (it was just built), so it is not
-        copied. Raises `ValidationError` (limits, schema, hostile values), before any
-        storage work.
+        The result may share unchanged widgets with earlier results (the validator
+        remembers the JSON of immutable widgets it checked): like every stored form, it
+        is never changed in place. ``owned=True`` says nobody else holds the dict (it
+        was just built), so it is not copied. Raises `ValidationError` (limits, schema,
+        hostile values), before any storage work.
         """
         if isinstance(document, pydantic.BaseModel):
-            # A fresh dump: nobody else holds it.
+            if type(document) is self.schema:
+                return self.validator.check_json(document)
             return self.validator.check_json(cast(JsonObject, document.model_dump(mode="json")))
         checked = self.validator.check_json(document)
         # check_json shares unchanged parts with its input, and the caller may go on

@@ -18,7 +18,7 @@ from typing import Generic, TypeVar
 
 import pydantic
 
-from dashpersist._canonical import checksum, copy_json
+from dashpersist._canonical import canonical_json, checksum, checksum_bytes, copy_json
 from dashpersist._retry import call_with_retries
 from dashpersist.cache import ReadCache, invalidate_everywhere
 from dashpersist.changes import describe_changes, summarize
@@ -175,7 +175,8 @@ class Committer(Generic[DocT]):
         document = self._codec.encrypt(
             key, pending.plain, previous=None if current is None else current.document
         )
-        digest = checksum(document)
+        encoded = canonical_json(document)
+        digest = checksum_bytes(encoded)
         if current is not None and current.checksum == digest:
             self.bases[key] = current.version
             return SaveResult(success=True, version=current.version, source="unchanged")
@@ -189,6 +190,7 @@ class Committer(Generic[DocT]):
             change_type=change_type,
             description=description,
             label=label,
+            encoded=encoded,
         )
         return SaveResult(success=True, version=version, source="storage")
 
@@ -253,8 +255,12 @@ class Committer(Generic[DocT]):
         label: str | None,
         idempotency_key: str | None = None,
         device_id: str | None = None,
+        encoded: bytes | None = None,
     ) -> int:
-        """Write *document* over *current* with its history record; apply retention."""
+        """Write *document* over *current* with its history record; apply retention.
+
+        *digest* is the SHA-256 of the document's canonical JSON, *encoded* that JSON when
+        the caller has it (storage then does not encode the document again)."""
         versioning = self._config.enable_versioning
         record = self._versions.record_for(
             current,
@@ -266,6 +272,7 @@ class Committer(Generic[DocT]):
             idempotency_key=idempotency_key,
             schema_version=self._codec.migrator.current_version,
             document_checksum=digest,
+            encoded_document=encoded,
             # Without versioning only this record is kept: whole, it needs no rebuilding.
             keyframe=not versioning,
         )

@@ -26,6 +26,7 @@ over-long strings) and lists each fix as a warning.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
@@ -468,6 +469,11 @@ class _KeyedList:
     item_model: type[BaseModel]
     typed_settings: bool
 
+    @property
+    def immutable_items(self) -> bool:
+        """Whether an item, once checked, can never change (see `IMMUTABLE_MARKER`)."""
+        return bool(self.item_model.__dict__.get(IMMUTABLE_MARKER, False))
+
 
 @dataclass(frozen=True, slots=True)
 class _Checked:
@@ -475,6 +481,15 @@ class _Checked:
     normalized: bytes
     was_normalized: bool
     snapshot: JsonValue
+
+
+@dataclass(frozen=True, slots=True)
+class _CheckedModel:
+    """An immutable item model checked before, with the JSON that stands for it."""
+
+    model: BaseModel  # held, so that its id() is not reused while it is remembered
+    checked: _Checked
+    plain: JsonValue
 
 
 def _keyed_lists(schema: type[BaseModel]) -> tuple[_KeyedList, ...]:
@@ -491,6 +506,14 @@ def _keyed_lists(schema: type[BaseModel]) -> tuple[_KeyedList, ...]:
             typed = "type" in item.model_fields and "settings" in item.model_fields
             found.append(_KeyedList(name, item, typed))
     return tuple(found)
+
+
+IMMUTABLE_MARKER = "__dashpersist_immutable__"
+"""A model class that sets this attribute to ``True`` in its own body promises that its
+instances never change, nested values included (`Widget`: frozen, with deep-frozen
+settings). `Validator.check_json` then remembers such items by identity, so saving a
+layout whose widgets are mostly the objects of the last save checks only the new ones.
+Subclasses do not inherit the promise: they may add mutable fields."""
 
 
 class Validator(Generic[ModelT]):
@@ -534,15 +557,43 @@ class Validator(Generic[ModelT]):
         raw_fields: Sequence[str] = (),
         cache_size: int = 4096,
     ) -> None:
-        self.limits = limits or Limits()
+        self._lock = threading.Lock()
+        self._cache: dict[str, OrderedDict[bytes, _Checked]] = {}
+        self._by_identity: OrderedDict[int, _CheckedModel] = OrderedDict()
+        self._cache_size = cache_size
+        self._limits = limits or Limits()
+        self._allow_unknown_widget_types = allow_unknown_widget_types
         self.schema = cast(type[ModelT], schema)
-        self.allow_unknown_widget_types = allow_unknown_widget_types
         self.raw_fields = tuple(raw_fields)
         self._keyed = _keyed_lists(schema)
         self._widget_types: dict[str, type[BaseModel]] = {}
-        self._cache: dict[str, OrderedDict[bytes, _Checked]] = {}
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+
+    @property
+    def limits(self) -> Limits:
+        """The limits every check enforces; setting them forgets what was checked before."""
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: Limits) -> None:
+        with self._lock:
+            self._limits = limits
+            self._forget()
+
+    @property
+    def allow_unknown_widget_types(self) -> bool:
+        """Whether widgets of a type without a registered settings model are accepted."""
+        return self._allow_unknown_widget_types
+
+    @allow_unknown_widget_types.setter
+    def allow_unknown_widget_types(self, allow: bool) -> None:
+        with self._lock:
+            self._allow_unknown_widget_types = allow
+            self._forget()
+
+    def _forget(self) -> None:
+        """Drop the remembered checks (the rules changed); call with the lock held."""
+        self._cache.clear()
+        self._by_identity.clear()
 
     def encrypted_fields(self) -> list[str]:
         """Return the paths marked `Encrypted` on the schema and on registered settings
@@ -567,7 +618,7 @@ class Validator(Generic[ModelT]):
         """
         with self._lock:
             self._widget_types[type_name] = settings_model
-            self._cache.clear()
+            self._forget()
 
     # -- public checks ------------------------------------------------------------------
 
@@ -604,6 +655,8 @@ class Validator(Generic[ModelT]):
         costs little. The result may share unchanged widget objects with *doc*: copy it
         before changing it in place.
         """
+        if type(doc) is self.schema and self._keyed:
+            return self._check_model(doc)
         value, raw = self._load(doc)
         if raw is not None or not self._keyed or type(value) is not dict:
             # JSON text is checked whole: duplicate keys show only in the text.
@@ -768,10 +821,83 @@ class Validator(Generic[ModelT]):
         result.update(cast(JsonObject, output_items))
         return result
 
+    def _check_model(self, document: ModelT) -> JsonObject:
+        """`_check_incrementally` for a model of the schema: its keyed items are models
+        already, and immutable ones checked before are known by identity, not dumped."""
+        keyed_names = {keyed.name for keyed in self._keyed}
+        shell = cast(JsonObject, document.model_dump(mode="json", exclude=keyed_names))
+        if len(shell) + len(keyed_names) > self.limits.max_keys_per_object:
+            return self._full(cast(JsonObject, document.model_dump(mode="json")))
+        self._check_shape(shell, None)
+        size = len(_encode(shell) or b"")
+        items: dict[str, list[BaseModel]] = {}
+        output_items: dict[str, JsonValue] = {}
+        for keyed in self._keyed:
+            models = getattr(document, keyed.name)
+            if len(models) > self.limits.max_array_length:
+                return self._full(cast(JsonObject, document.model_dump(mode="json")))
+            checked = self._checked_models(keyed, models)
+            items[keyed.name] = [entry.checked.item for entry in checked]
+            output_items[keyed.name] = [entry.plain for entry in checked]
+            size += sum(len(entry.checked.normalized) for entry in checked) + len(checked) + 12
+        self._check_top_level({**shell, **output_items})
+        if size > self.limits.max_document_bytes:
+            return self._full(cast(JsonObject, document.model_dump(mode="json")))
+        try:
+            # The rules across items and fields (unique ids, the grid), on models already
+            # checked: a model may have been built with model_construct, unchecked.
+            self.schema.model_validate({**shell, **items})
+        except pydantic.ValidationError as exc:
+            _raise(_issues_of(exc), exc)
+        shell.update(output_items)
+        return shell
+
+    def _checked_models(
+        self, keyed: _KeyedList, models: Sequence[BaseModel]
+    ) -> list[_CheckedModel]:
+        remembered = keyed.immutable_items
+        by_identity = self._by_identity
+        with self._lock:
+            found = [
+                hit if hit is not None and hit.model is model else None
+                for model, hit in zip(
+                    models,
+                    [by_identity.get(id(model)) for model in models]
+                    if remembered
+                    else [None] * len(models),
+                    strict=True,
+                )
+            ]
+        missing = [index for index, hit in enumerate(found) if hit is None]
+        if not missing:
+            return cast(list[_CheckedModel], found)
+        # One dump for every new item: a dump call per item costs several times more.
+        dumped = cast(
+            list[JsonValue],
+            _list_adapter(keyed.item_model).dump_python(
+                [models[index] for index in missing], mode="json"
+            ),
+        )
+        for index, item in zip(missing, dumped, strict=True):
+            (checked,) = self._checked_items(keyed, [item], first_index=index)
+            model = models[index]
+            entry = _CheckedModel(
+                model, checked, item if checked.was_normalized else orjson.loads(checked.normalized)
+            )
+            found[index] = entry
+            if remembered and type(model) is keyed.item_model and self._cache_size > 0:
+                with self._lock:
+                    by_identity[id(model)] = entry
+                    while len(by_identity) > self._cache_size:
+                        by_identity.popitem(last=False)  # the oldest remembered first
+        return cast(list[_CheckedModel], found)
+
     def _full(self, document: JsonObject) -> JsonObject:
         return cast(JsonObject, self._finish(document, None, []).model_dump(mode="json"))
 
-    def _checked_items(self, keyed: _KeyedList, items: list[JsonValue]) -> list[_Checked]:
+    def _checked_items(
+        self, keyed: _KeyedList, items: list[JsonValue], *, first_index: int = 0
+    ) -> list[_Checked]:
         keys = [_item_key(item) for item in items]
         cache = self._cache.setdefault(keyed.name, OrderedDict())
         with self._lock:
@@ -785,7 +911,9 @@ class Validator(Generic[ModelT]):
             # is not JSON (NaN as null, tuples as arrays, enums and UUIDs as values).
             if hit is not None and hit.snapshot == item
             else self._checked_item(keyed, f"{keyed.name}[{index}]", item, key, cache)
-            for index, (item, key, hit) in enumerate(zip(items, keys, found, strict=True))
+            for index, (item, key, hit) in enumerate(
+                zip(items, keys, found, strict=True), start=first_index
+            )
         ]
 
     def _checked_item(
@@ -811,6 +939,11 @@ class Validator(Generic[ModelT]):
                 while len(cache) > self._cache_size:
                     cache.popitem(last=False)
         return entry
+
+
+@functools.cache
+def _list_adapter(item_model: type[BaseModel]) -> pydantic.TypeAdapter[list[BaseModel]]:
+    return pydantic.TypeAdapter(list[item_model])  # type: ignore[valid-type]
 
 
 def _item_key(item: JsonValue) -> bytes | None:

@@ -533,3 +533,98 @@ def test_register_widget_type_forgets_widgets_validated_without_it() -> None:
     validator.register_widget_type("chart", ChartSettings)
 
     assert refusal_json(doc, validator).issues[0].path == "widgets[0].settings.metric"
+
+
+# -- models: immutable widgets remembered by identity ------------------------------------------
+
+
+def test_check_json_of_a_model_equals_check_json_of_its_dump() -> None:
+    validator = Validator()
+    layout = Layout.model_validate(layout_with(6))
+    edited = layout.update_widget("w2", title="Renamed").without_widget("w4")
+
+    for document in (layout, edited, layout):
+        assert validator.check_json(document) == Validator().check_json(
+            document.model_dump(mode="json")
+        )
+
+
+def test_widgets_checked_before_are_not_dumped_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    validator = Validator()
+    layout = Layout.model_validate(layout_with(5))
+    validator.check_json(layout)
+    dumped: list[int] = []
+    real_dump = pydantic.TypeAdapter.dump_python
+
+    def counting_dump(
+        self: pydantic.TypeAdapter[object], value: object, **kwargs: object
+    ) -> object:
+        dumped.append(len(cast(list[object], value)))
+        return real_dump(self, value, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pydantic.TypeAdapter, "dump_python", counting_dump)
+    edited = layout.update_widget("w1", title="Renamed")
+    validator.check_json(edited)
+
+    assert dumped == [1]  # only the new widget object
+
+
+def test_lowering_a_limit_forgets_widgets_checked_under_the_old_one() -> None:
+    validator = Validator()
+    layout = Layout.model_validate(layout_with(3))
+    validator.check_json(layout)
+
+    validator.limits = Limits(max_string_length=5)
+
+    with pytest.raises(PayloadTooLargeError):
+        validator.check_json(layout)
+
+
+def test_refusing_unknown_widget_types_forgets_widgets_checked_before() -> None:
+    validator = Validator()
+    layout = Layout.model_validate(layout_with(2))
+    validator.check_json(layout)
+
+    validator.allow_unknown_widget_types = False
+
+    with pytest.raises(ValidationError):
+        validator.check_json(layout)
+
+
+def test_a_layout_built_without_validation_is_still_checked_across_widgets() -> None:
+    validator = Validator()
+    layout = Layout.model_validate(layout_with(2))
+    validator.check_json(layout)
+    twice = Layout.model_construct(widgets=(layout.widgets[0], layout.widgets[0]))
+
+    assert refusal_json_of(twice, validator).issues[0].rule == "duplicate_widget_id"
+
+
+def refusal_json_of(doc: Layout, validator: Validator[Layout]) -> ValidationError:
+    with pytest.raises(ValidationError) as caught:
+        validator.check_json(doc)
+    return caught.value
+
+
+class LooseWidget(BaseModel):
+    """A host's widget whose settings dict can be changed in place: never remembered."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    settings: dict[str, JsonValue] = {}
+
+
+class LooseLayout(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    widgets: tuple[LooseWidget, ...] = ()
+
+
+def test_widgets_that_may_change_in_place_are_checked_every_time() -> None:
+    validator = Validator(schema=LooseLayout)
+    widget = LooseWidget(id="w1", settings={"limit": 1})
+    layout = LooseLayout(widgets=(widget,))
+    validator.check_json(layout)
+
+    widget.settings["limit"] = 2
+
+    assert validator.check_json(layout)["widgets"] == [{"id": "w1", "settings": {"limit": 2}}]
