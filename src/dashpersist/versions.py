@@ -83,11 +83,14 @@ class VersionService:
         idempotency_key: str | None = None,
         schema_version: int = 1,
         document_checksum: str | None = None,
+        encoded_document: bytes | None = None,
         keyframe: bool = False,
     ) -> VersionRecord:
         """Return the history record that writing *document* over *current* must store.
 
         ``keyframe=True`` stores the whole document even off the keyframe interval.
+        *encoded_document* is the document's canonical JSON when the caller has it (see
+        `VersionRecord.encoded_document`); *document_checksum* is then its SHA-256.
         """
         version = 1 if current is None else current.version + 1
         is_keyframe = keyframe or current is None or (version - 1) % self._keyframe_interval == 0
@@ -104,6 +107,7 @@ class VersionService:
             idempotency_key=idempotency_key,
             patch=None if current is None else make_patch(current.document, document),
             snapshot=document if is_keyframe else None,
+            encoded_document=encoded_document,
         )
 
     def get_record(self, key: DocumentKey, version: int) -> VersionRecord:

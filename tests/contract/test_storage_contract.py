@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dashpersist._canonical import checksum
+from dashpersist._canonical import canonical_json, checksum, checksum_bytes
 from dashpersist.errors import (
     ConfigurationError,
     ConflictError,
@@ -161,6 +161,30 @@ def test_a_given_record_is_stored_with_its_metadata(storage: Storage) -> None:
 
     stored = storage.versions(key, limit=1)[0]
     assert stored == record
+
+
+def test_the_writers_encoding_of_the_document_is_stored_and_never_kept_in_history(
+    storage: Storage,
+) -> None:
+    key = DocumentKey("alice")
+    document = layout("one")
+    encoded = canonical_json(document)
+    record = VersionRecord(
+        version=1,
+        checksum=checksum_bytes(encoded),
+        parent_checksum=None,
+        created_at=datetime.now(UTC),
+        snapshot=document,
+        encoded_document=encoded,
+    )
+
+    storage.write(key, document, record, expected_version=None)
+
+    current = storage.read(key)
+    assert current is not None
+    assert canonical_json(current.document) == encoded
+    assert current.checksum == record.checksum
+    assert storage.versions(key)[0].encoded_document is None
 
 
 def test_a_record_that_does_not_continue_the_chain_is_refused(storage: Storage) -> None:

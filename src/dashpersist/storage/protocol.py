@@ -86,6 +86,12 @@ class VersionRecord:
     ``parent_checksum`` that of the version before (``None`` for version 1): a hash chain.
     ``patch`` is the RFC 6902 patch from the previous version to this one; ``snapshot``
     is the whole document when this record is a keyframe (``None`` otherwise).
+
+    ``encoded_document`` is for writers only: the canonical JSON of the document written
+    with this record, when the writer has encoded it already (to compute ``checksum``),
+    so that the backend stores those bytes instead of encoding the document again. It
+    must be ``canonical_json(document)`` exactly, whose SHA-256 is ``checksum``; it is
+    never stored in history, and records read back have ``None``.
     """
 
     version: int
@@ -100,6 +106,7 @@ class VersionRecord:
     idempotency_key: str | None = None
     patch: JsonPatch | None = None
     snapshot: JsonObject | None = None
+    encoded_document: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +167,13 @@ def prepare_write(
         raise ConflictError(key, expected_version=expected_version, actual_version=actual_version)
     if expected_version is not None and expected_version < 1:
         raise ConfigurationError(f"expected_version must be >= 1 or None, not {expected_version}")
-    body = canonical_json(document)
-    digest = checksum_bytes(body)
+    if record is not None and record.encoded_document is not None:
+        # The writer encoded the document to compute the record's checksum already.
+        body, digest = record.encoded_document, record.checksum
+        record = replace(record, encoded_document=None)
+    else:
+        body = canonical_json(document)
+        digest = checksum_bytes(body)
     new_version = (actual_version or 0) + 1
     parent = None if current is None else current[1]
     if record is None:
