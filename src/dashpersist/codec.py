@@ -41,7 +41,9 @@ class DocumentCodec(Generic[DocT]):
         # A frozen model (like Layout) can be handed to every reader; others are copied.
         self.shares_models = bool(schema.model_config.get("frozen"))
 
-    def validate(self, document: DocT | JsonObject, *, owned: bool = False) -> JsonObject:
+    def validate(
+        self, document: pydantic.BaseModel | JsonObject, *, owned: bool = False
+    ) -> JsonObject:
         """Return *document* validated as plain JSON that shares nothing with the input.
 
         The result may share unchanged widgets with earlier results (the validator
@@ -59,8 +61,8 @@ class DocumentCodec(Generic[DocT]):
         # changing its dict: keep a copy of our own.
         return checked if owned else copy_json(checked)
 
-    def validate_owned(self, document: JsonObject) -> JsonObject:
-        """`validate` for a dict nobody else holds."""
+    def validate_owned(self, document: pydantic.BaseModel | JsonObject) -> JsonObject:
+        """`validate` for a model, or a dict nobody else holds."""
         return self.validate(document, owned=True)
 
     def encrypt(

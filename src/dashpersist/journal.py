@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeAlias
 
+from pydantic import BaseModel
+
 from dashpersist.errors import DashPersistError
 from dashpersist.models import SaveResult
 from dashpersist.patch import apply_patch
@@ -31,9 +33,10 @@ __all__ = ["Change", "Journal", "PendingChange"]
 
 _LOG = logging.getLogger(__name__)
 
-Change: TypeAlias = Callable[[JsonObject], JsonObject] | JsonPatch
-"""A change to a document: a function from the old document to the new one (as plain
-JSON here; the manager adapts model-level functions), or an RFC 6902 patch."""
+Change: TypeAlias = Callable[[JsonObject], JsonObject | BaseModel] | JsonPatch
+"""A change to a document: a function from the old document (as plain JSON here; the
+manager adapts model-level functions) to the new one, as JSON or as a model that the
+journal's ``check`` turns into JSON, or an RFC 6902 patch."""
 
 
 @dataclass(eq=False)
@@ -48,7 +51,7 @@ class PendingChange:
     on_rollback: Callable[[], None] | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    def apply_to(self, document: JsonObject) -> JsonObject:
+    def apply_to(self, document: JsonObject) -> JsonObject | BaseModel:
         """Return *document* with this change applied (the input is not changed)."""
         if callable(self.change):
             return self.change(document)
@@ -94,7 +97,7 @@ class Journal:
         confirmed: JsonObject | None,
         change: Change,
         *,
-        check: Callable[[JsonObject], JsonObject],
+        check: Callable[[JsonObject | BaseModel], JsonObject],
         on_success: Callable[[SaveResult], None] | None = None,
         on_error: Callable[[DashPersistError], None] | None = None,
         on_rollback: Callable[[], None] | None = None,
@@ -137,7 +140,7 @@ class Journal:
         through: int,
         error: DashPersistError,
         *,
-        check: Callable[[JsonObject], JsonObject],
+        check: Callable[[JsonObject | BaseModel], JsonObject],
     ) -> JsonObject | None:
         """Roll back *key*'s changes up to id *through* and rebase the later ones.
 

@@ -458,7 +458,7 @@ class PersistenceManager(Generic[DocT]):
         if callable(change):
             model_change = change
 
-            def journal_change(document: JsonObject) -> JsonObject:
+            def journal_change(document: JsonObject) -> JsonObject | pydantic.BaseModel:
                 # The model of the current view is kept, so a run of applies does not
                 # rebuild it from JSON each time (rebases after a failure do).
                 known = self._view_models.get(key)
@@ -467,8 +467,9 @@ class PersistenceManager(Generic[DocT]):
                 )
                 changed = model_change(model)
                 if isinstance(changed, self._schema):
+                    # Validated as a model: its unchanged widgets are known by identity.
                     produced.append(changed)
-                    return cast(JsonObject, changed.model_dump(mode="json"))
+                    return changed
                 if isinstance(changed, pydantic.BaseModel):
                     return cast(JsonObject, changed.model_dump(mode="json"))
                 return copy_json(changed)  # the host may keep changing its dict

@@ -9,6 +9,7 @@ the `dashpersist.validation.Validator`'s job, because they are configurable.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Self, TypeVar
@@ -75,6 +76,23 @@ def _empty() -> dict[str, JsonValue]:
     return FrozenDict()
 
 
+_VALIDATED: dict[int, weakref.ReferenceType[BaseModel]] = {}
+
+
+def _mark_validated(model: BaseModel) -> None:
+    """Remember that *model* (immutable) was built by validation, not `model_construct`
+    or ``model_copy(update=...)``, which skip it."""
+    key = id(model)
+    _VALIDATED[key] = weakref.ref(model, lambda _: _VALIDATED.pop(key, None))
+
+
+def was_validated(model: BaseModel) -> bool:
+    """Whether *model* came out of one of the edit methods of `Widget` and `Layout`, which
+    validate what they build: the save path need not validate it again (limits apart)."""
+    ref = _VALIDATED.get(id(model))
+    return ref is not None and ref() is model
+
+
 class Widget(BaseModel):
     """One tile on a dashboard: what it shows, where it sits on the grid, and its settings.
 
@@ -100,7 +118,9 @@ class Widget(BaseModel):
 
     def with_changes(self, **changes: object) -> Self:
         """Return a validated copy with *changes* applied, e.g. ``widget.with_changes(x=3)``."""
-        return type(self).model_validate({**self.model_dump(mode="json"), **changes})
+        changed = type(self).model_validate({**self.model_dump(mode="json"), **changes})
+        _mark_validated(changed)
+        return changed
 
 
 class Layout(BaseModel):
@@ -139,25 +159,36 @@ class Layout(BaseModel):
 
     def with_widget(self, widget: Widget) -> Self:
         """Return a copy with *widget* added at the end, or replacing the widget with its id."""
-        widgets = [w for w in self.widgets if w.id != widget.id]
-        index = next((i for i, w in enumerate(self.widgets) if w.id == widget.id), len(widgets))
-        widgets.insert(
-            index, Widget.model_validate(widget) if type(widget) is not Widget else widget
-        )
-        return self._with_widgets(tuple(widgets))
+        if type(widget) is not Widget:
+            widget = Widget.model_validate(widget)
+        widgets = self.widgets
+        ids = [w.id for w in widgets]
+        if widget.id not in ids:
+            return self._with_widgets((*widgets, widget))
+        index = ids.index(widget.id)
+        replaced = (*widgets[:index], widget, *widgets[index + 1 :])
+        # Ids stay unique: only the new widget can leave the grid.
+        return self._with_widgets(replaced, fits=widget.x + widget.w <= self.columns)
 
     def without_widget(self, widget_id: str) -> Self:
         """Return a copy without the widget *widget_id*; raise `KeyError` if there is none."""
         self.widget(widget_id)
-        return self._with_widgets(tuple(w for w in self.widgets if w.id != widget_id))
+        return self._with_widgets(tuple(w for w in self.widgets if w.id != widget_id), fits=True)
 
-    def _with_widgets(self, widgets: tuple[Widget, ...]) -> Self:
+    def _with_widgets(self, widgets: tuple[Widget, ...], *, fits: bool | None = None) -> Self:
         # Every widget is a validated, immutable Widget already: only the rules across
         # widgets need checking, which is far cheaper than validating the whole layout.
+        # *fits* says whether they hold, judged from the change to a valid layout (None:
+        # check them all).
         changed = self.model_copy(update={"widgets": widgets})
-        if changed._grid_problem() is not None:
+        valid = was_validated(self)
+        if fits is None or not valid:
+            fits = changed._grid_problem() is None
+        if not fits:
             # Raise exactly the error full validation gives.
             return self.with_changes(widgets=[w.model_dump(mode="json") for w in widgets])
+        if valid:
+            _mark_validated(changed)  # the rest of the layout was validated before
         return changed
 
     def update_widget(self, widget_id: str, **changes: object) -> Self:
@@ -169,6 +200,7 @@ class Layout(BaseModel):
         problem = self._grid_problem()
         if problem is not None:
             raise problem
+        _mark_validated(self)
         return self
 
     def _grid_problem(self) -> PydanticCustomError | None:

@@ -30,6 +30,7 @@ import functools
 import html
 import json
 import math
+import operator
 import re
 import threading
 import typing
@@ -46,7 +47,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from dashpersist.encryption import encrypted_fields
 from dashpersist.errors import PayloadTooLargeError, ValidationError, ValidationIssue
-from dashpersist.models import ID_PATTERN, Layout, Widget
+from dashpersist.models import ID_PATTERN, Layout, Widget, was_validated
 from dashpersist.types import JsonObject, JsonValue
 
 __all__ = [
@@ -483,13 +484,18 @@ class _Checked:
     snapshot: JsonValue
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class _CheckedModel:
     """An immutable item model checked before, with the JSON that stands for it."""
 
     model: BaseModel  # held, so that its id() is not reused while it is remembered
-    checked: _Checked
+    item: BaseModel  # the model validation made of it (the same, for a valid model)
     plain: JsonValue
+    size: int  # bytes of its JSON, and a separator
+
+
+_SIZE = operator.attrgetter("size")
+_PLAIN = operator.attrgetter("plain")
 
 
 def _keyed_lists(schema: type[BaseModel]) -> tuple[_KeyedList, ...]:
@@ -830,25 +836,25 @@ class Validator(Generic[ModelT]):
             return self._full(cast(JsonObject, document.model_dump(mode="json")))
         self._check_shape(shell, None)
         size = len(_encode(shell) or b"")
-        items: dict[str, list[BaseModel]] = {}
-        output_items: dict[str, JsonValue] = {}
+        checked: dict[str, list[_CheckedModel]] = {}
         for keyed in self._keyed:
             models = getattr(document, keyed.name)
             if len(models) > self.limits.max_array_length:
                 return self._full(cast(JsonObject, document.model_dump(mode="json")))
-            checked = self._checked_models(keyed, models)
-            items[keyed.name] = [entry.checked.item for entry in checked]
-            output_items[keyed.name] = [entry.plain for entry in checked]
-            size += sum(len(entry.checked.normalized) for entry in checked) + len(checked) + 12
+            checked[keyed.name] = entries = self._checked_models(keyed, models)
+            size += sum(map(_SIZE, entries)) + 12
+        output_items = {name: list(map(_PLAIN, entries)) for name, entries in checked.items()}
         self._check_top_level({**shell, **output_items})
         if size > self.limits.max_document_bytes:
             return self._full(cast(JsonObject, document.model_dump(mode="json")))
-        try:
-            # The rules across items and fields (unique ids, the grid), on models already
-            # checked: a model may have been built with model_construct, unchecked.
-            self.schema.model_validate({**shell, **items})
-        except pydantic.ValidationError as exc:
-            _raise(_issues_of(exc), exc)
+        if not was_validated(document):
+            items = {name: [entry.item for entry in entries] for name, entries in checked.items()}
+            try:
+                # The rules across items and fields (unique ids, the grid): the model may
+                # have been built without validation (model_construct, model_copy).
+                self.schema.model_validate({**shell, **items})
+            except pydantic.ValidationError as exc:
+                _raise(_issues_of(exc), exc)
         shell.update(output_items)
         return shell
 
@@ -857,20 +863,15 @@ class Validator(Generic[ModelT]):
     ) -> list[_CheckedModel]:
         remembered = keyed.immutable_items
         by_identity = self._by_identity
-        with self._lock:
-            found = [
-                hit if hit is not None and hit.model is model else None
-                for model, hit in zip(
-                    models,
-                    [by_identity.get(id(model)) for model in models]
-                    if remembered
-                    else [None] * len(models),
-                    strict=True,
-                )
-            ]
-        missing = [index for index, hit in enumerate(found) if hit is None]
-        if not missing:
+        if remembered:
+            # An entry holds its model, so no other live object can have that id.
+            with self._lock:
+                found = list(map(by_identity.get, map(id, models)))
+        else:
+            found = [None] * len(models)
+        if None not in found:  # identity comparisons only: _CheckedModel has no __eq__
             return cast(list[_CheckedModel], found)
+        missing = [index for index, hit in enumerate(found) if hit is None]
         # One dump for every new item: a dump call per item costs several times more.
         dumped = cast(
             list[JsonValue],
@@ -879,18 +880,36 @@ class Validator(Generic[ModelT]):
             ),
         )
         for index, item in zip(missing, dumped, strict=True):
-            (checked,) = self._checked_items(keyed, [item], first_index=index)
             model = models[index]
+            exact = remembered and type(model) is keyed.item_model
+            if exact and was_validated(model):
+                checked = self._checked_valid_model(keyed, f"{keyed.name}[{index}]", model, item)
+            else:
+                (checked,) = self._checked_items(keyed, [item], first_index=index)
             entry = _CheckedModel(
-                model, checked, item if checked.was_normalized else orjson.loads(checked.normalized)
+                model,
+                checked.item,
+                item if checked.was_normalized else orjson.loads(checked.normalized),
+                len(checked.normalized) + 1,
             )
             found[index] = entry
-            if remembered and type(model) is keyed.item_model and self._cache_size > 0:
+            if exact and self._cache_size > 0:
                 with self._lock:
                     by_identity[id(model)] = entry
                     while len(by_identity) > self._cache_size:
                         by_identity.popitem(last=False)  # the oldest remembered first
         return cast(list[_CheckedModel], found)
+
+    def _checked_valid_model(
+        self, keyed: _KeyedList, path: str, model: BaseModel, item: JsonValue
+    ) -> _Checked:
+        """Check an item model validation built against what it cannot know: the limits
+        and the registered settings models. Its dump is its normalized form."""
+        self._check_shape(item, None, path=path, depth=3)
+        if keyed.typed_settings:
+            self._check_settings(model, path, [])
+        normalized = orjson.dumps(item, option=_SORTED)
+        return _Checked(model, normalized, True, item)
 
     def _full(self, document: JsonObject) -> JsonObject:
         return cast(JsonObject, self._finish(document, None, []).model_dump(mode="json"))

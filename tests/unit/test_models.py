@@ -1,0 +1,69 @@
+"""Layout and Widget: immutable documents whose edit methods validate what they build."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+
+from dashpersist import Layout, Widget
+from dashpersist.models import was_validated
+
+
+def board(count: int = 3) -> Layout:
+    return Layout(
+        widgets=[Widget(id=f"w{i}", type="chart", x=i * 3, w=3, h=2) for i in range(count)]
+    )
+
+
+def test_update_widget_replaces_one_widget_in_place_and_shares_the_others() -> None:
+    layout = board()
+
+    edited = layout.update_widget("w1", title="Sales", h=4)
+
+    assert [w.id for w in edited.widgets] == ["w0", "w1", "w2"]
+    assert edited.widget("w1").title == "Sales" and edited.widget("w1").h == 4
+    assert edited.widgets[0] is layout.widgets[0] and edited.widgets[2] is layout.widgets[2]
+    assert layout.widget("w1").title == ""  # the original is unchanged
+
+
+def test_with_widget_appends_a_new_id_and_without_widget_removes_one() -> None:
+    layout = board(2).with_widget(Widget(id="new", type="note"))
+
+    assert [w.id for w in layout.widgets] == ["w0", "w1", "new"]
+    assert [w.id for w in layout.without_widget("w0").widgets] == ["w1", "new"]
+    with pytest.raises(KeyError):
+        layout.without_widget("missing")
+
+
+@pytest.mark.parametrize("changes", [{"x": 11}, {"w": 12}], ids=["moved-out", "too-wide"])
+def test_an_edit_that_leaves_the_grid_raises_like_full_validation(
+    changes: dict[str, int],
+) -> None:
+    with pytest.raises(pydantic.ValidationError, match=r"widget_outside_grid|x \+ w"):
+        board().update_widget("w1", **changes)
+
+
+def test_a_widget_dict_given_to_with_widget_is_validated() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        board().with_widget({"id": "../x", "type": "chart"})  # type: ignore[arg-type]
+
+
+def test_only_models_built_by_validation_count_as_validated() -> None:
+    layout = board()
+    edited = layout.update_widget("w1", h=3)
+
+    assert was_validated(layout) and was_validated(edited)
+    assert was_validated(edited.widget("w1"))
+    assert not was_validated(Layout.model_construct(widgets=layout.widgets))
+    assert not was_validated(layout.model_copy(update={"columns": 1}))
+    assert not was_validated(Widget.model_construct(id="w9", type="chart"))
+
+
+def test_an_edit_of_an_unvalidated_layout_checks_the_whole_grid() -> None:
+    unchecked = Layout.model_construct(
+        widgets=(Widget(id="a", type="t", x=10, w=2), Widget(id="b", type="t", x=0, w=1)),
+        columns=4,
+    )
+
+    with pytest.raises(pydantic.ValidationError):
+        unchecked.update_widget("b", h=2)
