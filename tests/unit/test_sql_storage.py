@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -776,3 +777,31 @@ def test_errors_from_the_storage_are_all_dashpersist_errors(
 
     assert isinstance(caught.value, CorruptStoreError)
     assert caught.value.__cause__ is not None
+
+
+def test_close_waits_for_statements_on_the_borrowed_engine(tmp_path: Path) -> None:
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'store.db'}")
+    borrowed = threading.Event()
+    release = threading.Event()
+    closed = threading.Event()
+
+    def borrower() -> None:
+        with storage.borrowed_engine() as engine:
+            borrowed.set()
+            release.wait(5)
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+
+    thread = threading.Thread(target=borrower)
+    thread.start()
+    borrowed.wait(5)
+    closer = threading.Thread(target=lambda: (storage.close(), closed.set()))
+    closer.start()
+
+    assert not closed.wait(0.2)  # close waits for the borrower
+    release.set()
+    thread.join(5)
+    closer.join(5)
+    assert closed.is_set()
+    with pytest.raises(ConfigurationError, match="closed"), storage.borrowed_engine():
+        pass

@@ -26,7 +26,6 @@ from sqlalchemy import Engine
 
 from dashpersist._fsync import fsync_folder
 from dashpersist.errors import (
-    ConfigurationError,
     CorruptStoreError,
     DashPersistError,
     StorageError,
@@ -118,18 +117,24 @@ class SQLTables:
         action: str,
     ) -> tuple[list[Sequence[Any]], int]:
         # SQLAlchemy's rule: a tuple is one row of parameters, a list many (executemany).
-        if self._storage is not None and self._storage.closed:
-            raise ConfigurationError(f"{action} in {self._where} failed: the storage is closed")
-        try:
-            with self._engine.connect() as conn:
-                result = conn.exec_driver_sql(statement, params)
-                rows: list[Sequence[Any]] = list(result.fetchall()) if result.returns_rows else []
-                rowcount = result.rowcount
-                conn.commit()
-        except DashPersistError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc, action) from exc
+        with contextlib.ExitStack() as stack:
+            engine = self._engine
+            if self._storage is not None:
+                # Refused once the storage is closed, and its close waits for us: a
+                # statement on a disposed engine would leave a connection open.
+                engine = stack.enter_context(self._storage.borrowed_engine())
+            try:
+                with engine.connect() as conn:
+                    result = conn.exec_driver_sql(statement, params)
+                    rows: list[Sequence[Any]] = (
+                        list(result.fetchall()) if result.returns_rows else []
+                    )
+                    rowcount = result.rowcount
+                    conn.commit()
+            except DashPersistError:
+                raise
+            except Exception as exc:
+                raise self._translate(exc, action) from exc
         return rows, rowcount
 
     def time_to_db(self, moment: datetime) -> datetime | str:

@@ -11,6 +11,7 @@ keeps SQLAlchemy's events, pooling and error wrapping, and skips statement compi
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import sqlite3
@@ -53,6 +54,7 @@ from dashpersist.storage.migrations import (
 from dashpersist.storage.protocol import (
     DocumentKey,
     PreparedImport,
+    PreparedWrite,
     StoredDocument,
     VersionRecord,
     prepare_import,
@@ -145,6 +147,8 @@ class SQLStorage:
             raise ConfigurationError("connect_timeout must be a finite number of seconds > 0")
         self._clock = clock or _now
         self._closed = False
+        self._borrowers = threading.Condition()
+        self._borrowed = 0
         if isinstance(url_or_engine, Engine):
             _check_driver(url_or_engine.url)
             self._owns_engine = False
@@ -395,14 +399,33 @@ class SQLStorage:
         """Whether `close` was called."""
         return self._closed
 
+    @contextmanager
+    def borrowed_engine(self) -> Iterator[Engine]:
+        """Use the engine for statements of your own (the activity log and the widget
+        cache do): `close` waits until they are done, and once it is called this raises
+        `ConfigurationError` instead of opening a connection nobody would close."""
+        with self._borrowers:
+            if self._closed:
+                raise ConfigurationError(f"{self._where} is closed")
+            self._borrowed += 1
+        try:
+            yield self._engine
+        finally:
+            with self._borrowers:
+                self._borrowed -= 1
+                self._borrowers.notify_all()
+
     def close(self) -> None:
         """Release the connections; dispose of the engine if this object created it.
 
-        Idempotent. Later calls raise `ConfigurationError`.
+        Waits for statements run through `borrowed_engine`. Idempotent. Later calls
+        raise `ConfigurationError`.
         """
-        if self._closed:
-            return
-        self._closed = True
+        with self._borrowers:
+            if self._closed:
+                return
+            self._closed = True
+            self._borrowers.wait_for(lambda: self._borrowed == 0)
         self._dispose()
 
     def _write_transaction(
@@ -414,19 +437,32 @@ class SQLStorage:
     ) -> int:
         sql = self._sql
         ids = (key.user_id, key.layout_id)
-        with self._connectable.connect() as conn:
-            self._begin_write(conn)
-            run = self._runner(conn)
-            found = run(sql.read_current, ids).fetchall()
-            current = found[0] if found else None
-            prepared = prepare_write(
+
+        def prepare(current: tuple[int, str] | None) -> PreparedWrite:
+            return prepare_write(
                 key,
                 document,
                 record,
                 expected_version=expected_version,
-                current=None if current is None else (current[0], current[1]),
+                current=current,
                 clock=self._clock,
             )
+
+        with self._connectable.connect() as conn:
+            self._begin_write(conn)
+            run = self._runner(conn)
+            # A record continuing the chain says what the current version must be; the
+            # UPDATE checks it (WHERE version and checksum), which spares the SELECT.
+            assumed = _assumed_current(record, expected_version)
+            prepared = None
+            if assumed is not None:
+                with contextlib.suppress(DashPersistError):
+                    prepared = prepare(assumed)  # on a refusal, the SELECT path says why
+            current: tuple[int, str] | None = assumed
+            if prepared is None:
+                found = run(sql.read_current, ids).fetchall()
+                current = None if not found else (found[0][0], found[0][1])
+                prepared = prepare(current)
             stored = prepared.record
             created_at = self._time_to_db(stored.created_at)
             body = prepared.body.decode()
@@ -457,9 +493,11 @@ class SQLStorage:
                     ),
                 ).rowcount
             if changed != 1:
-                # PostgreSQL, Read Committed: another writer committed after our SELECT; the
-                # UPDATE re-checked its WHERE against the new row and matched none.
+                # The store is not at the version (or content) the record follows, or, on
+                # PostgreSQL (Read Committed), another writer committed after our SELECT:
+                # the UPDATE re-checked its WHERE against the new row and matched none.
                 latest = run(sql.read_current, ids).fetchall()
+                prepare(None if not latest else (latest[0][0], latest[0][1]))  # says why
                 raise ConflictError(
                     key,
                     expected_version=expected_version,
@@ -890,6 +928,16 @@ class _Statements:
 
 
 # -- engines -------------------------------------------------------------------------------
+
+
+def _assumed_current(
+    record: VersionRecord | None, expected_version: int | None
+) -> tuple[int, str] | None:
+    """Return the (version, checksum) the store must hold for *record* to follow it, when
+    the record says (an update with a parent checksum); ``None`` otherwise."""
+    if record is None or expected_version is None or record.parent_checksum is None:
+        return None
+    return expected_version, record.parent_checksum
 
 
 def _create_engine(url_text: str, busy_timeout: float, connect_timeout: float) -> Engine:
