@@ -12,7 +12,6 @@ from typing import Generic, TypeVar, cast
 
 import pydantic
 
-from dashpersist._canonical import copy_json
 from dashpersist.encryption import FieldEncryptor
 from dashpersist.migrations import SchemaMigrator
 from dashpersist.storage.protocol import DocumentKey
@@ -41,29 +40,19 @@ class DocumentCodec(Generic[DocT]):
         # A frozen model (like Layout) can be handed to every reader; others are copied.
         self.shares_models = bool(schema.model_config.get("frozen"))
 
-    def validate(
-        self, document: pydantic.BaseModel | JsonObject, *, owned: bool = False
-    ) -> JsonObject:
+    def validate(self, document: pydantic.BaseModel | JsonObject) -> JsonObject:
         """Return *document* validated as plain JSON that shares nothing with the input.
 
         The result may share unchanged widgets with earlier results (the validator
-        remembers the JSON of immutable widgets it checked): like every stored form, it
-        is never changed in place. ``owned=True`` says nobody else holds the dict (it
-        was just built), so it is not copied. Raises `ValidationError` (limits, schema,
-        hostile values), before any storage work.
+        remembers the JSON of the widgets it checked): like every stored form, it is
+        never changed in place. Raises `ValidationError` (limits, schema, hostile
+        values), before any storage work.
         """
         if isinstance(document, pydantic.BaseModel):
             if type(document) is self.schema:
                 return self.validator.check_json(document)
             return self.validator.check_json(cast(JsonObject, document.model_dump(mode="json")))
-        checked = self.validator.check_json(document)
-        # check_json shares unchanged parts with its input, and the caller may go on
-        # changing its dict: keep a copy of our own.
-        return checked if owned else copy_json(checked)
-
-    def validate_owned(self, document: pydantic.BaseModel | JsonObject) -> JsonObject:
-        """`validate` for a model, or a dict nobody else holds."""
-        return self.validate(document, owned=True)
+        return self.validator.check_json(document)
 
     def encrypt(
         self, key: DocumentKey, plain: JsonObject, *, previous: JsonObject | None

@@ -22,7 +22,7 @@ import platformdirs
 import pydantic
 from typing_extensions import TypeVar as TypeVarWithDefault
 
-from dashpersist._canonical import checksum, copy_json
+from dashpersist._canonical import checksum
 from dashpersist.activity import (
     ActivityAction,
     ActivityEntry,
@@ -472,7 +472,7 @@ class PersistenceManager(Generic[DocT]):
                     return changed
                 if isinstance(changed, pydantic.BaseModel):
                     return cast(JsonObject, changed.model_dump(mode="json"))
-                return copy_json(changed)  # the host may keep changing its dict
+                return changed  # validation copies it: the host may keep changing its dict
 
         else:
             journal_change = change
@@ -487,7 +487,7 @@ class PersistenceManager(Generic[DocT]):
                 key,
                 confirmed,
                 journal_change,
-                check=self._codec.validate_owned,
+                check=self._codec.validate,
                 on_success=on_success,
                 on_error=on_error,
                 on_rollback=on_rollback,

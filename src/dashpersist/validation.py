@@ -658,8 +658,8 @@ class Validator(Generic[ModelT]):
 
         Equivalent to `check`, but widgets this validator has validated before (same
         canonical bytes) are not validated again, so a save in which few widgets changed
-        costs little. The result may share unchanged widget objects with *doc*: copy it
-        before changing it in place.
+        costs little. The result shares nothing with *doc*; it may share unchanged
+        widgets with earlier results, so it must not be changed in place (copy it first).
         """
         if type(doc) is self.schema and self._keyed:
             return self._check_model(doc)
@@ -812,9 +812,10 @@ class Validator(Generic[ModelT]):
                 return self._full(document)
             checked = self._checked_items(keyed, raw_items)
             items[keyed.name] = [entry.item for entry in checked]
+            # Our own parsed copies (shared with earlier results, never with *document*).
             output_items[keyed.name] = [
-                item if entry.was_normalized else orjson.loads(entry.normalized)
-                for item, entry in zip(raw_items, checked, strict=True)
+                entry.snapshot if entry.was_normalized else orjson.loads(entry.normalized)
+                for entry in checked
             ]
             size += sum(len(entry.normalized) for entry in checked) + len(checked) + 12
         if size > self.limits.max_document_bytes:

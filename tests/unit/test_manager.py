@@ -143,6 +143,26 @@ def test_changing_a_saved_dict_afterwards_does_not_change_the_store(
     assert manager.load_layout("alice") == sample()
 
 
+def test_changing_a_dict_after_a_queued_save_of_known_widgets_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    pm = PersistenceManager(
+        f"sqlite:///{tmp_path / 'dash.db'}",
+        config=PersistenceConfig(auto_save_delay=60, auto_save_max_wait=120),
+    )
+    document = sample().model_dump(mode="json")
+    pm.save_layout("alice", document, immediate=True)  # the validator now knows the widgets
+    document["theme"] = "dark"
+    pm.save_layout("alice", document)  # queued
+
+    document["widgets"][0]["title"] = "changed while queued"
+    document["theme"] = "changed while queued"
+    pm.flush()
+
+    assert pm.load_layout("alice") == sample().with_changes(theme="dark")
+    pm.close()
+
+
 def test_layouts_are_listed_deleted_and_cloned(manager: PersistenceManager) -> None:
     manager.save_layout("alice", sample("a"), layout_id="sales")
     manager.save_layout("alice", sample("b"), layout_id="costs")
