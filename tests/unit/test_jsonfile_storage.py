@@ -18,6 +18,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import filelock
 import orjson
@@ -32,9 +33,11 @@ from dashpersist.errors import (
     StorageUnavailableError,
     ValidationError,
 )
+from dashpersist.storage import jsonfile
 from dashpersist.storage.jsonfile import JSONFileStorage
 from dashpersist.storage.protocol import DocumentKey
 from dashpersist.types import JsonObject
+from dashpersist.versions import VersionService
 
 FULLWIDTH_ALICE = "\uff41\uff4c\uff49\uff43\uff45"
 HOSTILE_IDS = [
@@ -652,6 +655,131 @@ def test_a_history_file_left_by_a_crashed_compaction_is_ignored_then_replaced(
     assert [record.version for record in store.versions(key)] == [3, 2]
     assert [path.name for path in document_path.parent.glob("*.jsonl")] == [stray.name]
     assert orjson.loads(stray.read_bytes().splitlines()[0])["version"] == 2
+
+
+# -- looking up history near *before* -------------------------------------------------------
+# versions() binary-searches the history file and reads only the lines near *before*; a
+# block size far below a line's length makes every line straddle blocks.
+
+
+@pytest.fixture(params=[64, jsonfile._BLOCK_SIZE], ids=["small blocks", "default blocks"])
+def block_size(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(jsonfile, "_BLOCK_SIZE", request.param)
+    return cast(int, request.param)
+
+
+def newest_first(kept: list[int], before: int | None, limit: int) -> list[int]:
+    """What versions(before=..., limit=...) must list when the history holds *kept*."""
+    return [v for v in sorted(kept, reverse=True) if before is None or v < before][:limit]
+
+
+def listed(store: JSONFileStorage, key: DocumentKey, before: int | None, limit: int) -> list[int]:
+    return [record.version for record in store.versions(key, before=before, limit=limit)]
+
+
+def damage_line(path: Path, index: int) -> bytes:
+    """Overwrite line *index* of *path* with as many bytes that are not JSON; return the file."""
+    lines = path.read_bytes().split(b"\n")
+    lines[index] = b"#" * len(lines[index])
+    damaged = b"\n".join(lines)
+    path.write_bytes(damaged)
+    return damaged
+
+
+@pytest.mark.usefixtures("block_size")
+def test_a_lookup_at_the_start_middle_or_end_returns_what_a_full_scan_would(
+    store: JSONFileStorage,
+) -> None:
+    key = DocumentKey("alice")
+    write_versions(store, key, 40)
+    everything = store.versions(key, limit=100)
+
+    for before in [None, -1, 0, *range(1, 44)]:
+        for limit in (0, 1, 3, 40, 100):
+            found = store.versions(key, before=before, limit=limit)
+            assert found == [r for r in everything if before is None or r.version < before][:limit]
+    assert [record.version for record in everything] == newest_first(list(range(1, 41)), None, 100)
+
+
+@pytest.mark.usefixtures("block_size")
+def test_a_lookup_steps_over_the_gaps_retention_left(store: JSONFileStorage) -> None:
+    key = DocumentKey("alice")
+    write_versions(store, key, 30)
+    removed = [*range(1, 8), *range(12, 20), 25]
+    store.compact(key, remove=removed, snapshots={})
+    kept = [version for version in range(1, 31) if version not in removed]
+
+    for before in [None, *range(0, 33)]:
+        for limit in (1, 3, 30):
+            assert listed(store, key, before, limit) == newest_first(kept, before, limit)
+
+
+@pytest.mark.usefixtures("block_size")
+def test_lines_past_the_committed_end_are_invisible_to_every_lookup(
+    store: JSONFileStorage,
+) -> None:
+    key = DocumentKey("alice")
+    write_versions(store, key, 20)
+    with history_path(store, key).open("ab") as history:
+        history.write(b'{"version":21,"checksum":"orphan of a killed save"}\n{"version":22,"che')
+
+    for before in (None, 1, 5, 19, 20, 21, 22, 23, 100):
+        assert listed(store, key, before, 3) == newest_first(list(range(1, 21)), before, 3)
+
+
+@pytest.mark.usefixtures("block_size")
+def test_a_damaged_line_a_lookup_reads_raises_corrupt_naming_the_file_and_is_kept(
+    store: JSONFileStorage,
+) -> None:
+    key = DocumentKey("alice")
+    write_versions(store, key, 30)
+    history_file = history_path(store, key)
+    damaged = damage_line(history_file, 14)  # version 15
+
+    with pytest.raises(CorruptStoreError, match="unreadable") as raised:
+        store.versions(key, before=18, limit=5)
+
+    assert raised.value.path == history_file
+    assert history_file.read_bytes() == damaged
+
+
+@pytest.mark.usefixtures("block_size")
+def test_lines_out_of_order_where_a_lookup_reads_raise_corrupt(store: JSONFileStorage) -> None:
+    key = DocumentKey("alice")
+    write_versions(store, key, 30)
+    history_file = history_path(store, key)
+    lines = history_file.read_bytes().split(b"\n")
+    lines[11], lines[12] = lines[12], lines[11]  # versions 12 and 13
+    history_file.write_bytes(b"\n".join(lines))
+
+    with pytest.raises(CorruptStoreError, match="out of order") as raised:
+        store.versions(key, before=15, limit=5)
+
+    assert raised.value.path == history_file
+
+
+@pytest.mark.usefixtures("block_size")
+def test_a_damaged_line_outside_a_lookup_goes_unnoticed_there_and_verify_finds_it(
+    root: Path,
+) -> None:
+    store = JSONFileStorage(root, fsync=False)
+    key = DocumentKey("alice")
+    write_versions(store, key, 600)  # more than one page of VersionService.verify
+    service = VersionService(store)
+    assert service.verify(key).ok
+    history_file = history_path(store, key)
+    damaged = damage_line(history_file, 2)  # version 3
+
+    near_the_end = listed(store, key, 590, 3)
+    with pytest.raises(CorruptStoreError) as by_a_lookup:
+        store.versions(key, before=6, limit=5)
+    with pytest.raises(CorruptStoreError) as by_verify:
+        service.verify(key)
+
+    assert near_the_end == [589, 588, 587]
+    assert by_a_lookup.value.path == by_verify.value.path == history_file
+    assert history_file.read_bytes() == damaged
+    store.close()
 
 
 # -- the lock -----------------------------------------------------------------------------

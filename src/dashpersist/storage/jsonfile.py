@@ -63,6 +63,18 @@ left byte for byte as found. A symbolic link (or any non-regular file) where a s
 file, lock file or user folder should be is treated the same way: `CorruptStoreError`,
 link left in place, its target untouched (files are opened with ``O_NOFOLLOW``).
 
+Reading history
+---------------
+History lines are appended in version order, so `versions` finds the records below
+*before* by a binary search over the byte offsets of the committed part and reads only
+the lines it returns, the newest line (which must match the document) and the dozen or
+so lines the search looks at, a block at a time; a lookup costs about the same in a long
+history as in a short one. Every line it reads is checked: one that does not parse, or
+lines read out of version order, raise `CorruptStoreError` naming the history file. A
+damaged line outside what a call reads is not noticed by that call; the first call that
+reads it reports it, and `VersionService.verify`, which pages through every record,
+always does. `compact` reads (and so checks) the whole file.
+
 Operating-system errors become `StorageFullError` (ENOSPC, EDQUOT, EFBIG),
 `StoragePermissionError` (EACCES, EPERM, EROFS) or `StorageError`; a busy lock, after
 *lock_timeout* seconds, becomes `StorageUnavailableError`. After a failed write no temp
@@ -361,8 +373,9 @@ def _encode_record(
     )
 
 
-def _line_version(line: bytes, path: Path) -> int:
-    """Return the version of one history line, parsing as little of it as it can."""
+def _line_header(line: bytes, path: Path) -> dict[str, JsonValue]:
+    """Return the fields of one history line but its patch and snapshot, parsing as little
+    of it as it can; raise `CorruptStoreError` unless it holds a valid version."""
     marker_at = line.find(_PATCH_MARKER)
     header: JsonValue = None
     if marker_at > 0:
@@ -373,10 +386,18 @@ def _line_version(line: bytes, path: Path) -> int:
             header = parse_json(line, source=str(path))
         except CorruptStoreError as exc:
             raise _corrupt(path, "has an unreadable history record") from exc
-    version = header.get("version") if isinstance(header, dict) else None
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+    if not isinstance(header, dict) or not _is_version(header.get("version")):
         raise _corrupt(path, "has a history record without a valid version")
-    return version
+    return header
+
+
+def _line_version(line: bytes, path: Path) -> int:
+    """Return the version of one history line, parsing as little of it as it can."""
+    return cast(int, _line_header(line, path)["version"])
+
+
+def _is_version(value: JsonValue) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _optional_str(raw: dict[str, JsonValue], field: str, path: Path) -> str | None:
@@ -386,13 +407,18 @@ def _optional_str(raw: dict[str, JsonValue], field: str, path: Path) -> str | No
     return value
 
 
-def _decode_record(line: bytes, path: Path, version: int) -> VersionRecord:
+def _decode_record(line: bytes, path: Path, version: int | None = None) -> VersionRecord:
+    """Decode one history line; with *version*, refuse a line that holds another one."""
     try:
         raw = parse_json(line, source=str(path))
     except CorruptStoreError as exc:
-        raise _corrupt(path, f"has an unreadable record for version {version}") from exc
-    if not isinstance(raw, dict) or raw.get("version") != version:
+        which = "history record" if version is None else f"record for version {version}"
+        raise _corrupt(path, f"has an unreadable {which}") from exc
+    if version is not None and (not isinstance(raw, dict) or raw.get("version") != version):
         raise _corrupt(path, f"does not hold version {version} where it should")
+    if not isinstance(raw, dict) or not _is_version(raw.get("version")):
+        raise _corrupt(path, "has a history record without a valid version")
+    version = cast(int, raw["version"])
     _require(raw.get("checksum"), str, path, "checksum")
     _require(raw.get("schema_version"), int, path, "schema_version")
     change_type = raw.get("change_type")
@@ -466,27 +492,152 @@ class _History:
         return self.place.history_path(self.generation)
 
 
+_BLOCK_SIZE: Final = 1 << 14
+"""How many bytes `_HistoryReader` reads at a time: many patch records, or one keyframe."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """One history line: the offset of its first byte, and its bytes without the newline."""
+
+    start: int
+    data: bytes
+
+    @property
+    def end(self) -> int:
+        """The offset of the line after it."""
+        return self.start + len(self.data) + 1
+
+
+class _HistoryReader:
+    """Read lines of the committed part of an open history file, one block at a time.
+
+    Only the blocks the lines asked for lie in are read, each once, so looking up a few
+    records costs about the same in a long history as in a short one. Nothing at or past
+    *end* (the document's ``history_end``) is read: lines of saves that never committed
+    are invisible. A file shorter than *end*, or whose committed part does not end with a
+    newline, raises `CorruptStoreError` naming *path*.
+    """
+
+    def __init__(self, fd: int, path: Path, end: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._end = end
+        self._blocks: dict[int, bytes] = {}
+
+    def committed_lines(self) -> list[bytes]:
+        """Return every committed line (without newlines), reading them in one go."""
+        committed = os.pread(self._fd, self._end, 0)
+        if len(committed) != self._end or not committed.endswith(b"\n"):
+            raise self._cut_short()
+        return committed[:-1].split(b"\n")
+
+    def last_line(self) -> _Line:
+        """Return the newest committed line."""
+        return self.line_holding(self._end - 1)
+
+    def line_holding(self, offset: int) -> _Line:
+        """Return the line byte *offset* belongs to."""
+        start = self._line_start(offset)
+        return _Line(start, self._read(start, self._newline_after(start)))
+
+    def line_before(self, start: int) -> _Line | None:
+        """Return the line that ends just before *start*, or ``None`` at the first line."""
+        return None if start == 0 else self.line_holding(start - 1)
+
+    def _line_start(self, offset: int) -> int:
+        index, stop = divmod(offset, _BLOCK_SIZE)
+        while index >= 0:
+            newline = self._block(index).rfind(b"\n", 0, stop)
+            if newline >= 0:
+                return index * _BLOCK_SIZE + newline + 1
+            index, stop = index - 1, _BLOCK_SIZE
+        return 0
+
+    def _newline_after(self, start: int) -> int:
+        index, begin = divmod(start, _BLOCK_SIZE)
+        while index * _BLOCK_SIZE < self._end:
+            newline = self._block(index).find(b"\n", begin)
+            if newline >= 0:
+                return index * _BLOCK_SIZE + newline
+            index, begin = index + 1, 0
+        raise self._cut_short()
+
+    def _read(self, start: int, stop: int) -> bytes:
+        first, last = start // _BLOCK_SIZE, max(start, stop - 1) // _BLOCK_SIZE
+        data = b"".join(self._block(index) for index in range(first, last + 1))
+        return data[start - first * _BLOCK_SIZE : stop - first * _BLOCK_SIZE]
+
+    def _block(self, index: int) -> bytes:
+        block = self._blocks.get(index)
+        if block is None:
+            offset = index * _BLOCK_SIZE
+            size = min(_BLOCK_SIZE, self._end - offset)
+            block = os.pread(self._fd, size, offset)
+            if len(block) != size:
+                raise self._cut_short()
+            self._blocks[index] = block
+        return block
+
+    def _cut_short(self) -> CorruptStoreError:
+        return _corrupt(self.path, "is shorter than its document says")
+
+
 def _select_records(
-    lines: list[bytes], place: _Place, envelope: _Envelope, before: int | None, limit: int
+    history: _HistoryReader, envelope: _Envelope, before: int | None, limit: int
 ) -> list[VersionRecord]:
-    path = place.history_path(envelope.history_generation)
-    versions = [_line_version(line, path) for line in lines]
+    """Return up to *limit* records below *before*, newest first, reading only those lines,
+    the newest line and the lines a binary search looks at.
+
+    Every line read is checked: it must parse, and the lines read must hold rising
+    versions in file order. A damaged line elsewhere is not noticed here.
+    """
+    head = history.last_line()
+    header = _line_header(head.data, history.path)
+    if header["version"] != envelope.version or header.get("checksum") != envelope.checksum:
+        raise _corrupt(history.path, "does not end with the current version's record")
+    versions_read = {head.start: envelope.version}
+    if limit < 1:
+        return []
+    if before is None or before > envelope.version:
+        line: _Line | None = head
+    else:
+        line = history.line_before(_first_line_from(history, head, before, versions_read))
+    records: list[VersionRecord] = []
+    while line is not None and len(records) < limit:
+        record = _decode_record(line.data, history.path)
+        versions_read[line.start] = record.version
+        records.append(record)
+        line = history.line_before(line.start)
+    _check_order(versions_read, history.path)
+    return records
+
+
+def _first_line_from(
+    history: _HistoryReader, head: _Line, version: int, versions_read: dict[int, int]
+) -> int:
+    """Return where the first line of *version* or newer starts (*head* is one such line).
+
+    A binary search over byte offsets, relying on lines being in version order; each line
+    it parses is added to *versions_read* (its start: its version) for `_check_order`.
+    """
+    low, high = 0, head.start  # lines before *low* are older; *high* starts a newer line
+    while low < high:
+        line = history.line_holding((low + high) // 2)
+        line_version = _line_version(line.data, history.path)
+        versions_read[line.start] = line_version
+        if line_version < version:
+            low = line.end
+        else:
+            high = line.start
+    return low
+
+
+def _check_order(versions_read: Mapping[int, int], path: Path) -> None:
+    """Raise `CorruptStoreError` unless the lines read hold rising versions in file order."""
+    versions = [versions_read[start] for start in sorted(versions_read)]
     if any(newer <= older for older, newer in itertools.pairwise(versions)):
         raise _corrupt(path, "holds records out of order")
-    if versions[-1] != envelope.version:
-        raise _corrupt(path, "does not end with the current version's record")
-    head = _decode_record(lines[-1], path, envelope.version)
-    if head.checksum != envelope.checksum:
-        raise _corrupt(path, "does not end with the current version's record")
-    selected = [
-        index
-        for index in range(len(lines) - 1, -1, -1)
-        if before is None or versions[index] < before
-    ][: max(limit, 0)]
-    return [
-        head if index == len(lines) - 1 else _decode_record(lines[index], path, versions[index])
-        for index in selected
-    ]
 
 
 def _compacted_lines(
@@ -681,8 +832,10 @@ class JSONFileStorage:
         """Return up to *limit* history records of *key*, newest first, below *before*.
 
         Only committed records are returned: lines a failed save appended past the
-        document's ``history_end`` are ignored. Raises `CorruptStoreError` naming the
-        history file when it does not continue up to the current document.
+        document's ``history_end`` are ignored. Only the lines near *before* are read (see
+        "Reading history" in the module docstring). Raises `CorruptStoreError` naming the
+        history file when it does not continue up to the current document, or when a line
+        it reads does not parse or is out of order.
         """
         self._check_open()
         place = _Place.of(self._root, key)
@@ -691,8 +844,8 @@ class JSONFileStorage:
             if envelope is None:
                 return []
             try:
-                lines = self._committed_lines(place, envelope)
-                return _select_records(lines, place, envelope, before, limit)
+                with self._history(place, envelope) as history:
+                    return _select_records(history, envelope, before, limit)
             except CorruptStoreError:
                 # A writer or a delete may have moved on between the two reads: look again.
                 latest = self._read_envelope(place, key)
@@ -968,8 +1121,9 @@ class JSONFileStorage:
                 os.close(fd)
         return _decode_envelope(data, path)
 
-    def _committed_lines(self, place: _Place, envelope: _Envelope) -> list[bytes]:
-        """Return the committed history lines the document names (without newlines)."""
+    @contextlib.contextmanager
+    def _history(self, place: _Place, envelope: _Envelope) -> Iterator[_HistoryReader]:
+        """Open the history file *envelope* names, to read its committed part."""
         path = place.history_path(envelope.history_generation)
         folder_fd = self._open_folder(place.folder, create=False)
         if folder_fd is None:
@@ -980,15 +1134,18 @@ class JSONFileStorage:
                     fd = _open_regular(path.name, folder_fd, path, os.O_RDONLY)
                 except FileNotFoundError as exc:
                     raise _corrupt(path, "is missing") from exc
-                try:
-                    committed = os.pread(fd, envelope.history_end, 0)
-                finally:
-                    os.close(fd)
         finally:
             os.close(folder_fd)
-        if len(committed) != envelope.history_end or not committed.endswith(b"\n"):
-            raise _corrupt(path, "is shorter than its document says")
-        return committed[:-1].split(b"\n")
+        try:
+            with _os_errors(path, "read"):
+                yield _HistoryReader(fd, path, envelope.history_end)
+        finally:
+            os.close(fd)
+
+    def _committed_lines(self, place: _Place, envelope: _Envelope) -> list[bytes]:
+        """Return the committed history lines the document names (without newlines)."""
+        with self._history(place, envelope) as history:
+            return history.committed_lines()
 
     # -- writing -------------------------------------------------------------------------
 
