@@ -485,7 +485,9 @@ class ActivityRecorder:
     entries reach the logs in the order they were recorded, whichever manager recorded
     them. `flush` writes everything queued on the calling thread: readers that must see
     this process's entries (`PersistenceManager.get_activity`) and closing managers
-    call it; other processes see the entries within *linger* seconds.
+    call it; other processes see the entries within *linger* seconds. The linger is long
+    enough that a batch rarely holds a SQLite database's write lock when a save wants it
+    (each collision costs the save at least a millisecond of SQLite's busy wait).
 
     ``record(..., now=True)`` (managers without background threads) queues and flushes
     at once. A batch the store refuses is logged and dropped, as a single entry was: the
@@ -494,7 +496,7 @@ class ActivityRecorder:
     wait, and beyond that the oldest are dropped with a warning.
     """
 
-    def __init__(self, *, linger: float = 0.05, max_pending: int = 10_000) -> None:
+    def __init__(self, *, linger: float = 0.25, max_pending: int = 10_000) -> None:
         self._linger = linger
         self._max_pending = max_pending
         self._queued: list[tuple[ActivityLog, ActivityEntry]] = []
