@@ -779,18 +779,17 @@ def test_errors_from_the_storage_are_all_dashpersist_errors(
     assert caught.value.__cause__ is not None
 
 
-def test_close_waits_for_statements_on_the_borrowed_engine(tmp_path: Path) -> None:
+def test_close_waits_for_a_borrowed_connection(tmp_path: Path) -> None:
     storage = SQLStorage(f"sqlite:///{tmp_path / 'store.db'}")
     borrowed = threading.Event()
     release = threading.Event()
     closed = threading.Event()
 
     def borrower() -> None:
-        with storage.borrowed_engine() as engine:
+        with storage.borrowed_connection() as conn:
             borrowed.set()
             release.wait(5)
-            with engine.connect() as conn:
-                assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+            assert conn.exec_driver_sql("SELECT 1").scalar() == 1
 
     thread = threading.Thread(target=borrower)
     thread.start()
@@ -803,5 +802,29 @@ def test_close_waits_for_statements_on_the_borrowed_engine(tmp_path: Path) -> No
     thread.join(5)
     closer.join(5)
     assert closed.is_set()
-    with pytest.raises(ConfigurationError, match="closed"), storage.borrowed_engine():
+    with pytest.raises(ConfigurationError, match="closed"), storage.borrowed_connection():
         pass
+
+
+def test_a_write_waits_for_a_borrowed_sqlite_write_instead_of_failing_busy(
+    tmp_path: Path,
+) -> None:
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'store.db'}", busy_timeout=0.05)
+    holding = threading.Event()
+
+    def borrower() -> None:
+        with storage.borrowed_connection(write=True) as conn:
+            conn.exec_driver_sql("CREATE TABLE side (n INTEGER)")  # holds the write lock
+            holding.set()
+            time.sleep(0.3)  # six busy timeouts
+            conn.commit()
+
+    thread = threading.Thread(target=borrower)
+    thread.start()
+    holding.wait(5)
+
+    assert storage.write(DocumentKey("alice"), {"widgets": []}, expected_version=None) == 1
+    thread.join(5)
+    with storage.borrowed_connection() as conn:  # the borrower's transaction committed
+        assert conn.exec_driver_sql("SELECT count(*) FROM side").scalar() == 0
+    storage.close()

@@ -93,7 +93,7 @@ class SQLTables:
         `StoragePermissionError`, `CorruptStoreError`, `ValidationError` or `StorageError`,
         with the original as ``__cause__``; messages hold no values.
         """
-        rows, _ = self._run(statement, tuple(params), action)
+        rows, _ = self._run(statement, tuple(params), action, write=False)
         return rows
 
     def execute(self, statement: str, params: Sequence[Any], *, action: str) -> int:
@@ -101,13 +101,13 @@ class SQLTables:
 
         Errors are translated as by `query`.
         """
-        _, rowcount = self._run(statement, tuple(params), action)
+        _, rowcount = self._run(statement, tuple(params), action, write=True)
         return rowcount
 
     def execute_many(self, statement: str, rows: Sequence[Sequence[Any]], *, action: str) -> int:
         """Run *statement* once per row of parameters, all in one transaction, and commit;
         return the rows it changed. Errors are translated as by `query`."""
-        _, rowcount = self._run(statement, [tuple(row) for row in rows], action)
+        _, rowcount = self._run(statement, [tuple(row) for row in rows], action, write=True)
         return rowcount
 
     def _run(
@@ -115,26 +115,27 @@ class SQLTables:
         statement: str,
         params: tuple[Any, ...] | list[tuple[Any, ...]],
         action: str,
+        *,
+        write: bool,
     ) -> tuple[list[Sequence[Any]], int]:
         # SQLAlchemy's rule: a tuple is one row of parameters, a list many (executemany).
-        with contextlib.ExitStack() as stack:
-            engine = self._engine
-            if self._storage is not None:
-                # Refused once the storage is closed, and its close waits for us: a
-                # statement on a disposed engine would leave a connection open.
-                engine = stack.enter_context(self._storage.borrowed_engine())
-            try:
-                with engine.connect() as conn:
-                    result = conn.exec_driver_sql(statement, params)
-                    rows: list[Sequence[Any]] = (
-                        list(result.fetchall()) if result.returns_rows else []
-                    )
-                    rowcount = result.rowcount
-                    conn.commit()
-            except DashPersistError:
-                raise
-            except Exception as exc:
-                raise self._translate(exc, action) from exc
+        # Refused once the storage is closed, and its close waits for us: a statement on a
+        # disposed engine would leave a connection open. Writes are one transaction.
+        borrowed = (
+            self._engine.connect()
+            if self._storage is None
+            else self._storage.borrowed_connection(write=write)
+        )
+        try:
+            with borrowed as conn:
+                result = conn.exec_driver_sql(statement, params)
+                rows: list[Sequence[Any]] = list(result.fetchall()) if result.returns_rows else []
+                rowcount = result.rowcount
+                conn.commit()
+        except DashPersistError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, action) from exc
         return rows, rowcount
 
     def time_to_db(self, moment: datetime) -> datetime | str:
