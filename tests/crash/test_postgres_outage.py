@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from dashpersist import Layout, PersistenceConfig, PersistenceManager, Widget
+from dashpersist import Layout, PersistenceConfig, PersistenceManager, SaveResult, Widget
 from tests.postgres import PostgresServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+USERS = ("alice", "bob")
+SAVES = 20
 
 
 def layout(title: str) -> Layout:
@@ -27,40 +32,73 @@ def outage_config(tmp_path: Path) -> PersistenceConfig:
     )
 
 
+@dataclass
+class SaveLog:
+    """What `save_versions` saw: each user's results in order, and how long each save took."""
+
+    results: dict[str, list[SaveResult]] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)
+
+    def sources(self, user: str) -> list[str]:
+        return [result.source for result in self.results[user]]
+
+
+def save_versions(
+    pm: PersistenceManager[Layout],
+    fault: Callable[[int], None],
+    *,
+    users: Sequence[str] = USERS,
+    count: int = SAVES,
+) -> SaveLog:
+    """Save versions 1..*count* of each user's layout (titled "<user> <n>") with
+    ``immediate=True``, calling *fault* with n before each round."""
+    log = SaveLog({user: [] for user in users})
+    for index in range(1, count + 1):
+        fault(index)
+        for user in users:
+            started = time.monotonic()
+            log.results[user].append(
+                pm.save_layout(user, layout(f"{user} {index}"), immediate=True)
+            )
+            log.seconds.append(time.monotonic() - started)
+    return log
+
+
+def assert_replayed_in_order_exactly_once(
+    pm: PersistenceManager[Layout], *, users: Sequence[str] = USERS, count: int = SAVES
+) -> None:
+    """Sync each user twice: the history must hold the *count* saves in order, each once,
+    and the second sync must write nothing (S08)."""
+    first = {user: pm.sync(user) for user in users}
+    second = {user: pm.sync(user) for user in users}
+    for user in users:
+        history = [
+            pm.get_version(user, v.version).widget("w1").title
+            for v in reversed(pm.get_version_history(user, limit=10 * count))
+        ]
+        assert history == [f"{user} {index}" for index in range(1, count + 1)]
+        assert first[user].version == second[user].version == count
+        assert second[user].replayed == 0
+
+
 def test_saves_during_an_outage_reach_history_in_order_exactly_once(
     postgres_server: PostgresServer, postgres_url: str, tmp_path: Path
 ) -> None:
-    sources: dict[str, list[str]] = {"alice": [], "bob": []}
-    slowest = 0.0
+    def outage(index: int) -> None:
+        if index == 8:
+            postgres_server.stop("immediate")
+        if index == 15:
+            postgres_server.start()
+
     with PersistenceManager(postgres_url, config=outage_config(tmp_path)) as pm:
-        for index in range(1, 21):
-            if index == 8:
-                postgres_server.stop("immediate")
-            if index == 15:
-                postgres_server.start()
-            for user, seen in sources.items():
-                started = time.monotonic()
-                result = pm.save_layout(user, layout(f"{user} {index}"), immediate=True)
-                slowest = max(slowest, time.monotonic() - started)
-                seen.append(result.source)
+        log = save_versions(pm, outage)
+        assert_replayed_in_order_exactly_once(pm)
 
-        first = {user: pm.sync(user) for user in sources}
-        second = {user: pm.sync(user) for user in sources}
-        histories = {
-            user: [
-                pm.get_version(user, v.version).widget("w1").title
-                for v in reversed(pm.get_version_history(user, limit=100))
-            ]
-            for user in sources
-        }
-
-    for user, seen in sources.items():
+    for user in USERS:
+        seen = log.sources(user)
         assert seen[7:14] == ["outbox"] * 7
         assert set(seen[:7]) == set(seen[14:]) == {"storage"}
-        assert histories[user] == [f"{user} {index}" for index in range(1, 21)]
-        assert first[user].version == second[user].version == 20
-        assert second[user].replayed == 0
-    assert slowest < 5.0
+    assert max(log.seconds) < 5.0
 
 
 def test_a_manager_started_during_an_outage_saves_to_the_outbox_then_catches_up(

@@ -45,6 +45,7 @@ from dashpersist.errors import (
     ValidationIssue,
 )
 from dashpersist.notify import CHANNEL, encode_change, new_origin
+from dashpersist.storage._deadline import enforce_operation_timeout, split_operation_timeout
 from dashpersist.storage.migrations import (
     HEAD_REVISION,
     KNOWN_REVISIONS,
@@ -984,12 +985,17 @@ def _create_engine(url_text: str, busy_timeout: float, connect_timeout: float) -
         raise ConfigurationError(
             "PostgreSQL needs psycopg 3: pip install 'dashpersist[postgres]'"
         ) from exc
-    return create_engine(
+    url, operation_timeout = split_operation_timeout(url)
+    engine = create_engine(
         url,
-        pool_pre_ping=True,
+        # With a deadline, the ping runs inside its watched window instead (_deadline.py).
+        pool_pre_ping=not operation_timeout,
         pool_timeout=connect_timeout,
         connect_args={"connect_timeout": max(2, math.ceil(connect_timeout))},
     )
+    if operation_timeout:
+        enforce_operation_timeout(engine, operation_timeout)
+    return engine
 
 
 def _check_driver(url: URL) -> None:

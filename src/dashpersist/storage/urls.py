@@ -21,7 +21,9 @@ def open_storage(url: str) -> Storage:
     """Return the backend a URL names.
 
     - ``sqlite:///relative.db``, ``sqlite:////absolute/path.db``: `SQLStorage` on SQLite
-    - ``postgresql://user@host/db`` (or ``postgresql+psycopg://``): `SQLStorage` on PostgreSQL
+    - ``postgresql://user@host/db`` (or ``postgresql+psycopg://``): `SQLStorage` on PostgreSQL;
+      ``?operation_timeout=10`` sets the seconds one call may keep a connection (default
+      30, ``0``: no limit), after which its socket is cut and the call fails as unavailable
     - ``jsonfile:///absolute/folder`` or ``jsonfile://relative/folder``: `JSONFileStorage`
     - ``memory://``: a new, empty `MemoryStorage`
 
