@@ -111,6 +111,7 @@ class Synchronizer:
         caller serializes replays of one document (the manager holds its document lock).
         """
         report = report or ReplayReport()
+        self._raise_if_blocked(key)
         previous: OutboxEntry | None = None
         for entry in self.outbox.entries(key):
             applied = self._applied_version(entry)
@@ -126,13 +127,12 @@ class Synchronizer:
                         None if previous is None else previous.document,
                     )
                 except _PERMANENT as exc:
-                    self._block(entry, exc, report)
-                    raise OutboxBlockedError(
-                        f"outbox entry {entry.entry_id} for {entry.key} was refused by the "
-                        f"store ({type(exc).__name__}); the document's queue stops there "
-                        "until the entry is exported and discarded",
-                        entry_id=entry.entry_id,
-                    ) from exc
+                    # A write whose commit went through but whose answer was lost is
+                    # retried, and the retry finds its own idempotency key taken: stored.
+                    applied = self._applied_version(entry)
+                    if applied is None:
+                        self._block(entry, exc, report)
+                        raise _blocked_error(entry) from exc
                 report.written[entry.entry_id] = applied
             self.outbox.mark_done(entry.entry_id, version=applied)
             previous = entry
@@ -184,6 +184,13 @@ class Synchronizer:
             self._probe.join(timeout=5)
         self.outbox.close()
 
+    def _raise_if_blocked(self, key: DocumentKey) -> None:
+        """Raise `OutboxBlockedError` if *key*'s queue stops at a blocked entry: nothing of
+        the document may be written before it, not even a new save."""
+        blocked = self.outbox.blocked(key)
+        if blocked:
+            raise _blocked_error(blocked[0][0])
+
     def _block(self, entry: OutboxEntry, exc: Exception, report: ReplayReport) -> None:
         reason = f"{type(exc).__name__}: {exc}"
         self.outbox.block(entry.entry_id, reason)
@@ -219,3 +226,11 @@ class Synchronizer:
             if len(page) < 50:
                 return None
             before = page[-1].version
+
+
+def _blocked_error(entry: OutboxEntry) -> OutboxBlockedError:
+    return OutboxBlockedError(
+        f"outbox entry {entry.entry_id} for {entry.key} was refused by the store; the "
+        "document's queue stops there until the entry is exported and discarded",
+        entry_id=entry.entry_id,
+    )
