@@ -30,7 +30,7 @@ from dashpersist.models import SaveResult
 from dashpersist.outbox import OutboxEntry
 from dashpersist.storage.protocol import DocumentKey, Storage, StoredDocument, VersionRecord
 from dashpersist.types import ChangeType, JsonObject
-from dashpersist.versions import VersionService
+from dashpersist.versions import VersionService, version_carrying
 
 __all__ = ["CachedDocument", "Committer", "LostRace", "PendingSave"]
 
@@ -354,6 +354,13 @@ class Committer(Generic[DocT]):
                     device_id=entry.device_id,
                 )
             except LostRace as lost:
+                # The refused write may be a retry of one that committed but whose answer
+                # was lost: then the entry is in history already, under its key.
+                written = self.retry(
+                    lambda: version_carrying(self._storage, key, entry.entry_id, entry.base_version)
+                )
+                if written is not None:
+                    return written
                 if attempt == _MERGE_ATTEMPTS:
                     raise lost.conflict from None
         raise AssertionError("unreachable")

@@ -28,6 +28,7 @@ from dashpersist.errors import (
 from dashpersist.outbox import Outbox, OutboxEntry
 from dashpersist.storage.protocol import DocumentKey, Storage
 from dashpersist.types import JsonObject
+from dashpersist.versions import version_carrying
 
 __all__ = ["CommitEntry", "ReplayReport", "Synchronizer"]
 
@@ -215,17 +216,7 @@ class Synchronizer:
         self, key: DocumentKey, idempotency_key: str, above: int | None
     ) -> int | None:
         """Return the version above *above* whose record carries *idempotency_key*."""
-        before: int | None = None
-        while True:
-            page = self._storage.versions(key, before=before, limit=50)
-            for record in page:
-                if above is not None and record.version <= above:
-                    return None
-                if record.idempotency_key == idempotency_key:
-                    return record.version
-            if len(page) < 50:
-                return None
-            before = page[-1].version
+        return version_carrying(self._storage, key, idempotency_key, above)
 
 
 def _blocked_error(entry: OutboxEntry) -> OutboxBlockedError:

@@ -310,3 +310,21 @@ class VersionService:
             if len(page) < _PAGE:
                 return records
             before = page[-1].version
+
+
+def version_carrying(
+    storage: Storage, key: DocumentKey, idempotency_key: str, above: int | None
+) -> int | None:
+    """Return the version of *key* above *above* whose record carries *idempotency_key*
+    (an outbox entry's id), newest first, or ``None``."""
+    before: int | None = None
+    while True:
+        page = storage.versions(key, before=before, limit=50)
+        for record in page:
+            if above is not None and record.version <= above:
+                return None
+            if record.idempotency_key == idempotency_key:
+                return record.version
+        if len(page) < 50:
+            return None
+        before = page[-1].version

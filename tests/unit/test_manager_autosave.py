@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dashpersist import (
+    ConflictError,
     Layout,
     ManagerClosedError,
     MemoryStorage,
@@ -243,6 +244,52 @@ def test_a_commit_whose_acknowledgement_was_lost_is_not_written_twice(tmp_path: 
     again = pm.sync("alice")
 
     assert again.replayed == 1
+    assert [v.version for v in pm.get_version_history("alice")] == [2, 1]
+
+
+def test_a_save_of_a_document_whose_queue_is_blocked_waits_behind_it(tmp_path: Path) -> None:
+    clock = FakeClock()
+    storage = FaultyStorage(MemoryStorage())
+    pm = manager_on(storage, tmp_path, clock)
+    storage.go_offline()
+    pm.save_layout("alice", layout("refused later"), immediate=True)
+    pm.save_layout("alice", layout("parked behind it"), immediate=True)
+    storage.go_online()
+    storage.fail_next("write", error=lambda: ValidationError([]))
+    with pytest.raises(OutboxBlockedError):
+        pm.sync("alice")
+
+    result = pm.save_layout("alice", layout("saved while blocked"), immediate=True)
+
+    assert result.source == "outbox"
+    assert pm.get_version_history("alice") == []  # nothing overtook the blocked entry
+    (blocked, _) = pm.blocked_outbox_entries()[0]
+    pm.discard_outbox_entry(blocked.entry_id)
+    pm.sync("alice")
+    assert pm.load_layout("alice") == layout("saved while blocked")
+    assert len(pm.get_version_history("alice")) == 2
+
+
+def test_a_retried_replay_that_finds_its_own_key_taken_counts_as_written(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    storage = FaultyStorage(MemoryStorage())
+    pm = manager_on(storage, tmp_path, clock, retry_attempts=3)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    storage.go_offline()
+    pm.save_layout("alice", layout("offline"), immediate=True)
+    storage.go_online()
+    # The write reaches storage but its answer is lost; the retry is refused as a conflict.
+    storage.fail_next("write", after=True)
+    storage.fail_next(
+        "write",
+        error=lambda: ConflictError(DocumentKey("alice"), expected_version=1, actual_version=2),
+    )
+
+    pm.sync("alice")
+
+    assert pm.blocked_outbox_entries() == []
     assert [v.version for v in pm.get_version_history("alice")] == [2, 1]
 
 
