@@ -880,21 +880,38 @@ class Validator(Generic[ModelT]):
                 [models[index] for index in missing], mode="json"
             ),
         )
+        checked: dict[int, _Checked] = {}
+        unproven: list[int] = []
         for index, item in zip(missing, dumped, strict=True):
             model = models[index]
-            exact = remembered and type(model) is keyed.item_model
-            if exact and was_validated(model):
-                checked = self._checked_valid_model(keyed, f"{keyed.name}[{index}]", model, item)
+            if remembered and type(model) is keyed.item_model and was_validated(model):
+                path = f"{keyed.name}[{index}]"
+                checked[index] = self._checked_valid_model(keyed, path, model, item)
             else:
-                (checked,) = self._checked_items(keyed, [item], first_index=index)
+                unproven.append(index)
+        by_position = dict(zip(missing, dumped, strict=True))
+        checked.update(
+            zip(
+                unproven,
+                self._checked_items(
+                    keyed, [by_position[index] for index in unproven], indices=unproven
+                ),
+                strict=True,
+            )
+        )
+        for index in missing:
+            model, entry_checked = models[index], checked[index]
             entry = _CheckedModel(
                 model,
-                checked.item,
-                item if checked.was_normalized else orjson.loads(checked.normalized),
-                len(checked.normalized) + 1,
+                entry_checked.item,
+                # The validator's own copy: shared by every save that holds the widget.
+                entry_checked.snapshot
+                if entry_checked.was_normalized
+                else orjson.loads(entry_checked.normalized),
+                len(entry_checked.normalized) + 1,
             )
             found[index] = entry
-            if exact and self._cache_size > 0:
+            if remembered and type(model) is keyed.item_model and self._cache_size > 0:
                 with self._lock:
                     by_identity[id(model)] = entry
                     while len(by_identity) > self._cache_size:
@@ -916,8 +933,9 @@ class Validator(Generic[ModelT]):
         return cast(JsonObject, self._finish(document, None, []).model_dump(mode="json"))
 
     def _checked_items(
-        self, keyed: _KeyedList, items: list[JsonValue], *, first_index: int = 0
+        self, keyed: _KeyedList, items: list[JsonValue], *, indices: Sequence[int] | None = None
     ) -> list[_Checked]:
+        """Check *items* of a keyed list (at *indices* of it, by default 0, 1, ...)."""
         keys = [_item_key(item) for item in items]
         cache = self._cache.setdefault(keyed.name, OrderedDict())
         with self._lock:
@@ -931,8 +949,8 @@ class Validator(Generic[ModelT]):
             # is not JSON (NaN as null, tuples as arrays, enums and UUIDs as values).
             if hit is not None and hit.snapshot == item
             else self._checked_item(keyed, f"{keyed.name}[{index}]", item, key, cache)
-            for index, (item, key, hit) in enumerate(
-                zip(items, keys, found, strict=True), start=first_index
+            for index, item, key, hit in zip(
+                range(len(items)) if indices is None else indices, items, keys, found, strict=True
             )
         ]
 
