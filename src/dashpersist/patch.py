@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from itertools import compress, count, filterfalse
+from itertools import compress, count
 from operator import itemgetter, ne
-from typing import Any, TypeVar, cast
+from typing import Any, Final, cast
 
 import jsonpatch
 import jsonpointer
@@ -31,8 +31,14 @@ __all__ = ["apply_patch", "apply_patch_to_value", "make_patch"]
 
 _ItemId = str | int | float | bool | None
 _get_id: Callable[[Any], _ItemId] = itemgetter("id")
-_T = TypeVar("_T")
 _MISSING: Any = object()
+_CHUNK: Final = 16
+"""How many items of a long array `_differing` encodes in one call while they match."""
+_CHUNKED_FROM: Final = 8 * _CHUNK
+"""The length from which chunks pay: below it, a chunk with a change is likely."""
+_SCAN_CHUNK: Final = 8
+"""The most items `_first_difference` encodes in one call: the chunk holding the
+difference is encoded twice, so it pays to keep it smaller than `_CHUNK`."""
 
 
 def make_patch(before: JsonValue, after: JsonValue) -> JsonPatch:
@@ -81,65 +87,88 @@ def apply_patch_to_value(doc: JsonValue, patch: JsonPatch) -> JsonValue:
 
 
 def _diff(before: JsonValue, after: JsonValue, path: str, operations: JsonPatch) -> None:
+    """Append the operations that turn *before* into *after*, both at *path*."""
     if before is after:
         return
-    kind = type(before)
-    if kind is not type(after):
-        operations.append({"op": "replace", "path": path, "value": after})
-    elif kind is dict:
-        _diff_objects(cast(JsonObject, before), cast(JsonObject, after), path, operations)
-    elif kind is list:
-        _diff_arrays(cast(list[JsonValue], before), cast(list[JsonValue], after), path, operations)
-    elif not _scalars_equal(before, after):
+    if type(before) is dict and type(after) is dict:
+        _diff_objects(before, after, path, operations)
+    elif type(before) is list and type(after) is list:
+        _diff_arrays(before, after, path, operations)
+    elif type(before) is not type(after) or not _scalars_equal(before, after):
         operations.append({"op": "replace", "path": path, "value": after})
 
 
 def _diff_objects(before: JsonObject, after: JsonObject, path: str, operations: JsonPatch) -> None:
-    # Hot path (a changed widget): scalars are compared inline, without a call per member.
+    """Diff two objects member by member: removals and changes in *before*'s order, then additions.
+
+    This is the hot path of a changed widget, so the common members are settled inline:
+    Python's ``==`` is exact between two values of one scalar type, but for the sign of
+    a float zero.
+    """
     removed_any = False
     for key, old in before.items():
         new = after.get(key, _MISSING)
-        if new is _MISSING:
-            operations.append({"op": "remove", "path": f"{path}/{_escape(key)}"})
-            removed_any = True
+        if old is new:  # also the same True, None or small integer
             continue
         kind = type(old)
-        # An array compares its items itself; == first would walk a long one twice.
-        if kind is type(new) and kind is not list and old == new:
-            # Python's == calls 1, 1.0 and True equal, but within one type it is exact,
-            # except for the sign of a float zero and for anything nested in an object.
-            if kind is float:
-                if _scalars_equal(old, new):
-                    continue
-            elif kind is not dict or _encode(old) == _encode(new):
-                continue
-        _diff(old, new, f"{path}/{_escape(key)}", operations)
+        if kind is not type(new):
+            if new is _MISSING:
+                operations.append({"op": "remove", "path": _member_path(path, key)})
+                removed_any = True
+            else:
+                operations.append({"op": "replace", "path": _member_path(path, key), "value": new})
+        elif kind is str or kind is int or kind is bool or kind is float:
+            if old != new or (kind is float and old == 0.0 and not _scalars_equal(old, new)):
+                operations.append({"op": "replace", "path": _member_path(path, key), "value": new})
+        elif type(old) is dict and type(new) is dict:
+            # == first: it is cheaper than encoding, and settles a changed object.
+            if old != new or _encode(old) != _encode(new):
+                _diff_objects(old, new, _member_path(path, key), operations)
+        else:
+            _diff(old, new, _member_path(path, key), operations)
     if removed_any or len(after) != len(before):
-        for key, new in after.items():
-            if key not in before:
-                operations.append({"op": "add", "path": f"{path}/{_escape(key)}", "value": new})
+        _add_new_members(before, after, path, operations)
+
+
+def _add_new_members(
+    before: JsonObject, after: JsonObject, path: str, operations: JsonPatch
+) -> None:
+    """Add the members of *after* that *before* lacks, in *after*'s order."""
+    for key, new in after.items():
+        if key not in before:
+            operations.append({"op": "add", "path": _member_path(path, key), "value": new})
 
 
 def _diff_arrays(
     before: list[JsonValue], after: list[JsonValue], path: str, operations: JsonPatch
 ) -> None:
+    """Diff two arrays: by ``"id"`` when every item of both is an object with a unique
+    one, and by position otherwise, or when each item kept its place.
+
+    One item inserted or removed, and nothing else changed, is settled first and
+    without the ids: either way the diff is that one operation.
+    """
+    if len(after) - len(before) in {1, -1}:
+        index = _single_insertion_or_removal(before, after)
+        if index is not None:
+            if len(after) > len(before):
+                operations.append({"op": "add", "path": f"{path}/{index}", "value": after[index]})
+            else:
+                operations.append({"op": "remove", "path": f"{path}/{index}"})
+            return
     differing = _differing(before, after) if len(before) == len(after) else None
-    if differing is not None and not any(_ids_differ(before[i], after[i]) for i in differing):
-        # Each item kept its place (and its id, if it has one): compare them pairwise.
-        for index in differing:
-            _diff(before[index], after[index], f"{path}/{index}", operations)
-        return
-    index_before = _index_by_id(before)
-    index_after = _index_by_id(after) if index_before is not None else None
-    if index_before is not None and index_after is not None:
-        _diff_by_id(
-            before, after, path, operations, index_before=index_before, index_after=index_after
-        )
-    elif differing is not None:
-        for index in differing:
-            _diff(before[index], after[index], f"{path}/{index}", operations)
-    else:
+    if differing is None or _some_id_differs(before, after, differing):
+        before_ids = _unique_ids(before)
+        after_ids = _unique_ids(after) if before_ids is not None else None
+        if before_ids is not None and after_ids is not None:
+            _diff_by_id(before, after, path, operations, before_ids=before_ids, after_ids=after_ids)
+            return
+    if differing is None:
         _diff_by_position(before, after, path, operations)
+        return
+    # Each item kept its place (and its id, if it has one), or not all have unique ids.
+    for index in differing:
+        _diff(before[index], after[index], f"{path}/{index}", operations)
 
 
 def _diff_by_position(
@@ -169,41 +198,88 @@ def _diff_by_id(
     path: str,
     operations: JsonPatch,
     *,
-    index_before: dict[_ItemId, int],
-    index_after: dict[_ItemId, int],
+    before_ids: list[_ItemId],
+    after_ids: list[_ItemId],
 ) -> None:
-    removed_ids = filterfalse(index_after.__contains__, index_before)
-    added_ids = filterfalse(index_before.__contains__, index_after)
-    removed = sorted(index_before[item_id] for item_id in removed_ids)
-    added = sorted(index_after[item_id] for item_id in added_ids)
+    """Diff arrays of items with unique ids: removals, moves, insertions, then changes.
+
+    The ids that match at the start and at the end of both arrays keep their place, so
+    only the middle between them is aligned: one insertion, removal or move costs work
+    in proportion to that middle, not to the array.
+    """
+    start = _common_prefix_length(before_ids, after_ids)
+    common_end = min(
+        _common_prefix_length(before_ids[::-1], after_ids[::-1]),
+        min(len(before), len(after)) - start,
+    )
+    stop_before, stop_after = len(before) - common_end, len(after) - common_end
+    kept_before, kept_after = _restructure_middle(
+        before_ids[start:stop_before],
+        after_ids[start:stop_after],
+        after,
+        path,
+        operations,
+        offset=start,
+    )
+    # The array now holds after's items in after's order, with before's contents.
+    old_items = [*before[:start], *map(before.__getitem__, kept_before), *before[stop_before:]]
+    new_items = [*after[:start], *map(after.__getitem__, kept_after), *after[stop_after:]]
+    middle_end = start + len(kept_after)
+    for position in _differing(old_items, new_items):
+        if position < start:
+            index = position
+        elif position < middle_end:
+            index = kept_after[position - start]
+        else:  # in the common end
+            index = position + len(after) - len(new_items)
+        _diff(old_items[position], new_items[position], f"{path}/{index}", operations)
+
+
+def _restructure_middle(
+    before_ids: list[_ItemId],
+    after_ids: list[_ItemId],
+    after: list[JsonValue],
+    path: str,
+    operations: JsonPatch,
+    *,
+    offset: int,
+) -> tuple[list[int], list[int]]:
+    """Emit the removals, moves and insertions that turn the middle *before_ids* into the
+    middle *after_ids*, both starting at index *offset* of the array.
+
+    Return the indices of the items kept, in after's order: in before, and in after.
+    """
+    index_before = {item_id: index for index, item_id in enumerate(before_ids, offset)}
+    index_after = {item_id: index for index, item_id in enumerate(after_ids, offset)}
+    removed = [index for item_id, index in index_before.items() if item_id not in index_after]
+    added = [index for item_id, index in index_after.items() if item_id not in index_before]
     # Removals run from the highest index down, so that every index the patch names is
     # still valid when its operation runs: RFC 6902 applies operations in order.
     for index in reversed(removed):
         operations.append({"op": "remove", "path": f"{path}/{index}"})
-    current = _without(list(index_before), removed)
-    kept = _without(list(index_after), added)
-    new_items = _without(after, added)
-    if current == kept:
-        old_items = _without(before, removed)
-    else:
-        _reorder(current, kept, path, operations)
-        old_items = [before[index_before[item_id]] for item_id in kept]
+    current = [item_id for item_id in index_before if item_id in index_after]
+    kept = [item_id for item_id in index_after if item_id in index_before]
+    if current != kept:
+        _reorder(current, kept, path, operations, offset=offset)
     # Inserting in ascending index order leaves every earlier item where it belongs.
     for index in added:
         operations.append({"op": "add", "path": f"{path}/{index}", "value": after[index]})
-    # The array now holds after's items in after's order, with before's contents.
-    for position in _differing(old_items, new_items):
-        index = index_after[kept[position]]
-        _diff(old_items[position], new_items[position], f"{path}/{index}", operations)
+    return [index_before[item_id] for item_id in kept], [index_after[item_id] for item_id in kept]
 
 
 def _reorder(
-    current: list[_ItemId], target: list[_ItemId], path: str, operations: JsonPatch
+    current: list[_ItemId],
+    target: list[_ItemId],
+    path: str,
+    operations: JsonPatch,
+    *,
+    offset: int,
 ) -> None:
     """Emit moves turning *current* into *target* (the same ids), updating *current*.
 
-    The items of a longest increasing subsequence stay put; every other item moves once,
-    to just after its predecessor in *target*, which yields *target* when done in order.
+    *offset* is the index in the array of the first item of *current*. The items of a
+    longest increasing subsequence stay put; every other item moves once, to just after
+    its predecessor in *target*, which yields *target* when done in order.
     """
     position = {item_id: index for index, item_id in enumerate(target)}
     stays = longest_increasing_run([position[item_id] for item_id in current])
@@ -217,56 +293,126 @@ def _reorder(
         # "move" removes first: an item taken from before its predecessor shifts it left.
         destination = predecessor + 1 if source > predecessor else predecessor
         operations.append(
-            {"op": "move", "from": f"{path}/{source}", "path": f"{path}/{destination}"}
+            {
+                "op": "move",
+                "from": f"{path}/{offset + source}",
+                "path": f"{path}/{offset + destination}",
+            }
         )
         current.insert(destination, current.pop(source))
 
 
-def _index_by_id(items: list[JsonValue]) -> dict[_ItemId, int] | None:
-    """Map each item's ``"id"`` to its index; ``None`` unless all are objects with unique ids."""
-    try:
-        index = dict(zip(map(_get_id, items), range(len(items)), strict=True))
-    except (KeyError, TypeError):  # an item without "id", not an object, or an unhashable id
-        return None
-    return index if len(index) == len(items) else None
-
-
-def _ids_differ(before: JsonValue, after: JsonValue) -> bool:
-    if type(before) is not dict or type(after) is not dict:
-        return False
-    if "id" not in before or "id" not in after:
-        return False
-    old, new = before["id"], after["id"]
-    return type(old) is not type(new) or old != new
-
-
-def _without(items: list[_T], indices: list[int]) -> list[_T]:
-    """Return *items* without the ones at the ascending *indices* (slices: C speed)."""
-    if not indices:
-        return items
-    kept: list[_T] = []
-    start = 0
+def _some_id_differs(before: list[JsonValue], after: list[JsonValue], indices: list[int]) -> bool:
+    """Tell whether, at one of *indices*, both items are objects with an ``"id"``, and
+    these differ as JSON values."""
     for index in indices:
-        kept += items[start:index]
-        start = index + 1
-    kept += items[start:]
-    return kept
+        old, new = before[index], after[index]
+        if type(old) is dict and type(new) is dict:
+            old_id, new_id = old.get("id", _MISSING), new.get("id", _MISSING)
+            if old_id is _MISSING or new_id is _MISSING:
+                continue
+            if type(old_id) is not type(new_id) or old_id != new_id:
+                return True
+    return False
+
+
+def _unique_ids(items: list[JsonValue]) -> list[_ItemId] | None:
+    """Return each item's ``"id"``; ``None`` unless every item is an object with one,
+    and no two share one (ids compare as in Python: ``1`` and ``true`` are one id)."""
+    if items and type(items[0]) is not dict:
+        return None  # a list of scalars or arrays, found without raising
+    try:
+        ids = list(map(_get_id, items))
+        unique = len(set(ids)) == len(ids)
+    except (KeyError, TypeError):  # an item without "id" or not an object; an unhashable id
+        return None
+    return ids if unique else None
+
+
+def _common_prefix_length(before: list[_ItemId], after: list[_ItemId]) -> int:
+    """Return how many leading ids *before* and *after* share (compared at C speed)."""
+    first_difference = compress(count(), map(ne, before, after))
+    return next(first_difference, min(len(before), len(after)))
+
+
+def _single_insertion_or_removal(before: list[JsonValue], after: list[JsonValue]) -> int | None:
+    """Return the index at which one item was inserted into or removed from *before* to
+    give *after* (their lengths differ by one), or ``None`` if that is not all that changed.
+
+    The usual structural edit, and the one worth a shortcut: the items before the first
+    difference match, and so do all those after it, once shifted by one.
+    """
+    try:
+        index = _first_difference(before, after)
+        if len(after) > len(before):
+            rest_before, rest_after = before[index:], after[index + 1 :]
+        else:
+            rest_before, rest_after = before[index + 1 :], after[index:]
+        return index if orjson.dumps(rest_before) == orjson.dumps(rest_after) else None
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits: leave it to the full diff
+        return None
+
+
+def _first_difference(before: list[JsonValue], after: list[JsonValue]) -> int:
+    """Return the index of the first item whose encoding differs, or the shorter length.
+
+    Like `_differing`, it encodes the items a chunk at a time, and a chunk that differs
+    item by item. The chunks start at one item and double up to `_SCAN_CHUNK`, so that
+    a difference near the start is found for little more than its own cost.
+    """
+    dumps = orjson.dumps
+    end = min(len(before), len(after))
+    start, size = 0, 1
+    while start < end:
+        stop = min(start + size, end)
+        old_items, new_items = before[start:stop], after[start:stop]
+        if dumps(old_items) != dumps(new_items):
+            changes = map(ne, map(dumps, old_items), map(dumps, new_items))
+            return next(compress(count(start), changes))
+        start, size = stop, min(2 * size, _SCAN_CHUNK)
+    return end
 
 
 def _differing(before: list[JsonValue], after: list[JsonValue]) -> list[int]:
     """Return the indices, up to the shorter length, where the items may differ as JSON.
 
-    Items that are equal as JSON but encode differently (another key order) are listed
-    too: diffing them then finds no change. orjson does most of the work, which is several
-    times faster than comparing in Python, and tells ``1``, ``1.0`` and ``true`` apart
-    where Python's ``==`` does not.
+    Items are compared by their orjson encoding, which is exact about types (``1``,
+    ``1.0`` and ``true`` differ, as do ``0.0`` and ``-0.0``, where Python's ``==`` calls
+    them equal) and several times faster than comparing in Python. Items that are equal
+    as JSON but encode differently (another key order) are listed too: diffing them then
+    finds no change.
     """
     try:
-        encoded = map(ne, map(orjson.dumps, before), map(orjson.dumps, after))
-        return list(compress(count(), encoded))
+        return _differing_encodings(before, after)
     except orjson.JSONEncodeError:
         pairs = zip(before, after, strict=False)
         return [index for index, (old, new) in enumerate(pairs) if _encode(old) != _encode(new)]
+
+
+def _differing_encodings(before: list[JsonValue], after: list[JsonValue]) -> list[int]:
+    """Return the indices where the orjson encodings of the items differ.
+
+    Each call costs a new buffer and a new bytes object, much of the cost of encoding a
+    small item, so a long array is encoded `_CHUNK` items at a time, and only a chunk
+    that differs is encoded item by item. After such a chunk the next one goes item by
+    item straight away, so an array with changes all over still costs about one
+    encoding per item.
+    """
+    dumps = orjson.dumps
+    end = min(len(before), len(after))
+    if end < _CHUNKED_FROM:
+        return list(compress(count(), map(ne, map(dumps, before), map(dumps, after))))
+    differing: list[int] = []
+    item_by_item = False
+    for start in range(0, end, _CHUNK):
+        stop = min(start + _CHUNK, end)
+        old_items, new_items = before[start:stop], after[start:stop]
+        if item_by_item or dumps(old_items) != dumps(new_items):
+            changes = map(ne, map(dumps, old_items), map(dumps, new_items))
+            found = list(compress(range(start, stop), changes))
+            differing += found
+            item_by_item = bool(found)
+    return differing
 
 
 def _encode(value: JsonValue) -> bytes:
@@ -287,9 +433,12 @@ def _scalars_equal(before: JsonValue, after: JsonValue) -> bool:
     )
 
 
-def _escape(key: str) -> str:
-    # RFC 6901, section 3: "~" must be escaped first, or "/" -> "~1" -> "~01".
-    return key.replace("~", "~0").replace("/", "~1")
+def _member_path(path: str, key: str) -> str:
+    """Return the JSON Pointer of member *key* of the object at *path*."""
+    if "~" in key or "/" in key:
+        # RFC 6901, section 3: "~" must be escaped first, or "/" -> "~1" -> "~01".
+        key = key.replace("~", "~0").replace("/", "~1")
+    return f"{path}/{key}"
 
 
 # --- apply ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from dashpersist._canonical import canonical_json
 from dashpersist.errors import DashPersistError, PatchError
 from dashpersist.patch import apply_patch, apply_patch_to_value, make_patch
-from dashpersist.types import JsonObject, JsonPatch
+from dashpersist.types import JsonObject, JsonPatch, JsonValue
 
 PLAINTEXT = "plaintext-value-4711"
 """A document value no error message may quote."""
@@ -20,7 +20,7 @@ def widget(widget_id: str, **fields: Any) -> JsonObject:
     return {"id": widget_id, "type": "chart", "title": widget_id.upper(), "x": 0, **fields}
 
 
-def ids(layout: JsonObject) -> list[Any]:
+def ids_of(layout: JsonObject) -> list[Any]:
     widgets = layout["widgets"]
     assert isinstance(widgets, list)
     return [item["id"] for item in widgets if isinstance(item, dict)]
@@ -180,7 +180,7 @@ def test_a_moved_item_is_one_move_operation() -> None:
     patch = make_patch(before, after)
 
     assert patch == [{"op": "move", "from": "/widgets/0", "path": "/widgets/4"}]
-    assert ids(apply_patch(before, patch)) == list("bcdeaf")
+    assert ids_of(apply_patch(before, patch)) == list("bcdeaf")
 
 
 def test_a_moved_and_changed_item_is_a_move_then_a_change_at_its_new_index() -> None:
@@ -214,7 +214,7 @@ def test_removals_inserts_and_moves_together_apply_in_order() -> None:
 
     assert [operation["op"] for operation in patch].count("remove") == 2
     assert [operation["op"] for operation in patch].count("add") == 2
-    assert ids(apply_patch(before, patch)) == list("gXbdYfa")
+    assert ids_of(apply_patch(before, patch)) == list("gXbdYfa")
 
 
 def test_items_without_unique_ids_are_diffed_by_position() -> None:
@@ -276,3 +276,182 @@ def test_integers_beyond_64_bits_are_still_compared_exactly() -> None:
     after: JsonObject = {"big": [2**70 + 1, 1]}
 
     assert make_patch(before, after) == [{"op": "replace", "path": "/big/0", "value": 2**70 + 1}]
+
+
+# --- fast paths: one insertion or removal, common ends, chunked comparison -------------------
+
+LONG = 300
+"""Longer than the length from which `_differing` compares chunks of items."""
+
+
+def numbered(count: int) -> JsonObject:
+    """Return a layout of *count* widgets w0, w1, ..., each with numbers of every JSON type."""
+    items: list[JsonValue] = [
+        widget(f"w{i}", limit=i * 7, opacity=i / 4, stacked=i % 2 == 0) for i in range(count)
+    ]
+    return {"widgets": items}
+
+
+def items_of(doc: JsonObject, name: str = "widgets") -> list[Any]:
+    items = doc[name]
+    assert isinstance(items, list)
+    return items
+
+
+@pytest.mark.parametrize("count", [1, 5, LONG])
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_one_insertion_is_one_add_at_its_index(count: int, where: str) -> None:
+    index = {"start": 0, "middle": count // 2, "end": count}[where]
+    before, after = numbered(count), numbered(count)
+    items_of(after).insert(index, widget("new"))
+
+    patch = make_patch(before, after)
+
+    assert patch == [{"op": "add", "path": f"/widgets/{index}", "value": widget("new")}]
+    assert apply_patch(before, patch) == after
+
+
+@pytest.mark.parametrize("count", [1, 5, LONG])
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_one_removal_is_one_remove_at_its_index(count: int, where: str) -> None:
+    index = {"start": 0, "middle": count // 2, "end": count - 1}[where]
+    before, after = numbered(count), numbered(count)
+    del items_of(after)[index]
+
+    patch = make_patch(before, after)
+
+    assert patch == [{"op": "remove", "path": f"/widgets/{index}"}]
+    assert apply_patch(before, patch) == after
+
+
+def test_an_insertion_next_to_an_equal_item_is_one_add_where_they_first_differ() -> None:
+    before: JsonObject = {"tags": ["a", "b"]}
+    after: JsonObject = {"tags": ["a", "a", "b"]}
+
+    assert make_patch(before, after) == [{"op": "add", "path": "/tags/1", "value": "a"}]
+
+
+@pytest.mark.parametrize("count", [6, LONG])
+def test_an_insertion_and_a_change_elsewhere_are_an_add_and_a_change_at_the_new_index(
+    count: int,
+) -> None:
+    before, after = numbered(count), numbered(count)
+    items_of(after)[-1]["title"] = "Changed"
+    items_of(after).insert(1, widget("new"))
+
+    patch = make_patch(before, after)
+
+    assert patch == [
+        {"op": "add", "path": "/widgets/1", "value": widget("new")},
+        {"op": "replace", "path": f"/widgets/{count}/title", "value": "Changed"},
+    ]
+    assert apply_patch(before, patch) == after
+
+
+@pytest.mark.parametrize("count", [8, LONG])
+def test_a_move_between_common_ends_names_indices_of_the_whole_array(count: int) -> None:
+    names = [f"w{i}" for i in range(count)]
+    moved = [*names[:3], names[5], *names[3:5], *names[6:]]  # w5 now before w3
+    before: JsonObject = {"widgets": [widget(name) for name in names]}
+    after: JsonObject = {"widgets": [widget(name) for name in moved]}
+
+    patch = make_patch(before, after)
+
+    assert patch == [{"op": "move", "from": "/widgets/5", "path": "/widgets/3"}]
+    assert ids_of(apply_patch(before, patch)) == moved
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        pytest.param([{"id": "a"}, {"id": "a"}, {"id": "b"}], id="duplicate-ids"),
+        pytest.param([{"id": "a"}, {"name": "no id"}, {"id": "b"}], id="missing-id"),
+        pytest.param([{"id": "a"}, ["not", "an", "object"], {"id": "b"}], id="not-an-object"),
+        pytest.param([{"id": ["unhashable"]}, {"id": "a"}, {"id": "b"}], id="unhashable-id"),
+    ],
+)
+def test_without_unique_ids_an_insertion_and_a_change_are_diffed_by_position(
+    items: list[JsonValue],
+) -> None:
+    before: JsonObject = {"items": items}
+    after: JsonObject = {"items": [*items[:2], {"id": "new"}, {"id": "b", "x": 1}]}
+
+    patch = make_patch(before, after)
+
+    # By id it would be an add at 2 and an add at 3/x; by position, the ends are trimmed.
+    assert patch == [
+        {"op": "replace", "path": "/items/2/id", "value": "new"},
+        {"op": "add", "path": "/items/3", "value": {"id": "b", "x": 1}},
+    ]
+    assert canonical_json(apply_patch(before, patch)) == canonical_json(after)
+
+
+def test_ids_python_calls_equal_are_one_id_and_the_change_is_inside_the_item() -> None:
+    before: JsonObject = {"items": [{"id": 1}, {"id": "b"}]}
+    after: JsonObject = {"items": [{"id": True}, {"id": "b"}]}
+
+    patch = make_patch(before, after)
+
+    assert patch == [{"op": "replace", "path": "/items/0/id", "value": True}]
+    assert canonical_json(apply_patch(before, patch)) == canonical_json(after)
+
+
+@pytest.mark.parametrize("count", [5, LONG])
+@pytest.mark.parametrize(
+    ("member", "old", "new"),
+    [
+        ("limit", 1, True),
+        ("limit", 1, 1.0),
+        ("stacked", True, 1),
+        ("opacity", 0.0, -0.0),
+        ("settings", {"a": 1}, {"a": True}),
+        ("settings", [0], [False]),
+    ],
+)
+def test_values_python_calls_equal_differ_in_a_list_of_any_length(
+    count: int, member: str, old: Any, new: Any
+) -> None:
+    before, after = numbered(count), numbered(count)
+    index = count - 2
+    items_of(before)[index][member] = old
+    items_of(after)[index][member] = new
+
+    patch = make_patch(before, after)
+
+    assert patch
+    assert all(
+        str(operation["path"]).startswith(f"/widgets/{index}/{member}") for operation in patch
+    )
+    assert canonical_json(apply_patch(before, patch)) == canonical_json(after)
+
+
+def test_changes_all_over_a_long_list_are_each_found() -> None:
+    before, after = numbered(LONG), numbered(LONG)
+    changed = [0, 1, 2, 17, 40, 41, 150, LONG - 1]
+    for index in changed:
+        items_of(after)[index]["x"] = 1
+
+    patch = make_patch(before, after)
+
+    assert patch == [
+        {"op": "replace", "path": f"/widgets/{index}/x", "value": 1} for index in changed
+    ]
+
+
+def test_key_order_alone_is_no_change_in_a_long_list() -> None:
+    before = numbered(LONG)
+    after: JsonObject = {"widgets": [dict(reversed(item.items())) for item in items_of(before)]}
+
+    assert make_patch(before, after) == []
+
+
+def test_integers_beyond_64_bits_in_a_long_list_are_still_compared_exactly() -> None:
+    big: list[JsonValue] = [2**70] * LONG
+    before: JsonObject = {"big": big}
+    after: JsonObject = {"big": [*big[:-1], 2**70 + 1]}
+    appended: JsonObject = {"big": [*big, 1]}
+
+    assert make_patch(before, after) == [
+        {"op": "replace", "path": f"/big/{LONG - 1}", "value": 2**70 + 1}
+    ]
+    assert make_patch(before, appended) == [{"op": "add", "path": f"/big/{LONG}", "value": 1}]
