@@ -320,6 +320,45 @@ def test_processes_opening_a_fresh_database_at_once_all_succeed_with_one_schema(
     storage.close()
 
 
+def test_opening_waits_for_a_writer_holding_a_rollback_mode_database(db_path: Path) -> None:
+    # Switching to WAL needs an exclusive lock SQLite will not wait for in its busy
+    # handler: processes opening a fresh database at once hit this at random.
+    other = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE notes (n INTEGER)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO notes VALUES (1)")
+    releaser = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    releaser.start()
+    started = time.monotonic()
+    try:
+        storage = SQLStorage(sqlite_url(db_path), busy_timeout=5)
+    finally:
+        releaser.join()
+        other.close()
+
+    assert time.monotonic() - started >= 0.25  # it waited for the writer
+    assert pragma(storage.engine, "journal_mode") == "wal"
+    assert storage.write(KEY, {"a": 1}, expected_version=None) == 1
+    storage.close()
+
+
+def test_opening_gives_up_on_a_rollback_mode_lock_after_busy_timeout(db_path: Path) -> None:
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("CREATE TABLE notes (n INTEGER)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO notes VALUES (1)")
+    started = time.monotonic()
+    try:
+        with pytest.raises(StorageUnavailableError, match="locked"):
+            SQLStorage(sqlite_url(db_path), busy_timeout=0.2)
+        elapsed = time.monotonic() - started
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+    assert 0.15 <= elapsed < 3.0
+
+
 # -- S14: corrupt or foreign files -----------------------------------------------------------
 
 
@@ -828,3 +867,60 @@ def test_a_write_waits_for_a_borrowed_sqlite_write_instead_of_failing_busy(
     with storage.borrowed_connection() as conn:  # the borrower's transaction committed
         assert conn.exec_driver_sql("SELECT count(*) FROM side").scalar() == 0
     storage.close()
+
+
+def _count_checkouts(engine: Engine) -> list[int]:
+    checkouts = [0]
+
+    @event.listens_for(engine, "checkout")
+    def counted(dbapi_connection, record, proxy) -> None:  # type: ignore[no-untyped-def]
+        checkouts[0] += 1
+
+    return checkouts
+
+
+def test_sqlite_writes_keep_one_connection_and_a_failed_write_gives_it_back(
+    store: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.write(KEY, {"n": 0}, expected_version=None)
+    checkouts = _count_checkouts(store.engine)
+
+    for n in range(1, 21):
+        store.write(KEY, {"n": n}, expected_version=n)
+    assert checkouts[0] == 0  # the writes shared the kept connection
+
+    monkeypatch.setitem(_faults._ACTIONS, "after_history_insert_before_commit", "raise:EIO")
+    with pytest.raises(DashPersistError):
+        store.write(KEY, {"n": 99}, expected_version=21)
+    monkeypatch.delitem(_faults._ACTIONS, "after_history_insert_before_commit")
+
+    assert store.write(KEY, {"n": 21}, expected_version=21) == 22  # on a fresh connection
+    assert checkouts[0] == 1
+    stored = store.read(KEY)
+    assert stored is not None and stored.document == {"n": 21}
+    assert [r.version for r in store.versions(KEY, limit=3)] == [22, 21, 20]
+
+
+def test_a_borrowed_write_left_uncommitted_is_rolled_back_and_writes_go_on(
+    store: SQLStorage,
+) -> None:
+    with store.borrowed_connection(write=True) as conn:
+        conn.exec_driver_sql("CREATE TABLE side (n INTEGER)")  # never committed
+
+    assert store.write(KEY, {"a": 1}, expected_version=None) == 1
+    with store.borrowed_connection() as conn:
+        tables = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE name = 'side'")
+        assert tables.fetchall() == []
+
+
+def test_close_gives_the_kept_write_connection_back(db_path: Path) -> None:
+    storage = SQLStorage(sqlite_url(db_path))
+    storage.write(KEY, {"a": 1}, expected_version=None)
+    pool = storage.engine.pool
+    assert pool.checkedout() == 1  # type: ignore[attr-defined]
+
+    storage.close()
+
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
+    with pytest.raises(ConfigurationError, match="closed"):
+        storage.write(KEY, {"a": 2}, expected_version=1)

@@ -220,4 +220,5 @@ def _copied_record(record: VersionRecord) -> VersionRecord:
         record,
         patch=None if record.patch is None else [copy_json(op) for op in record.patch],
         snapshot=None if record.snapshot is None else copy_json(record.snapshot),
+        encoded_document=None,  # for writers only: never kept in history
     )

@@ -168,9 +168,10 @@ def prepare_write(
     if expected_version is not None and expected_version < 1:
         raise ConfigurationError(f"expected_version must be >= 1 or None, not {expected_version}")
     if record is not None and record.encoded_document is not None:
-        # The writer encoded the document to compute the record's checksum already.
+        # The writer encoded the document to compute the record's checksum already. The
+        # prepared record still carries the bytes: a backend that keeps record objects
+        # drops them (MemoryStorage); the others store fields, not the object.
         body, digest = record.encoded_document, record.checksum
-        record = replace(record, encoded_document=None)
     else:
         body = canonical_json(document)
         digest = checksum_bytes(body)
