@@ -36,10 +36,16 @@ def run_children(url: str, count: int) -> list[str]:
         for n in range(count)
     ]
     lines: list[str] = []
-    for child in children:
-        out, err = child.communicate(timeout=120)
-        assert child.returncode == 0, err
-        lines += out.splitlines()
+    try:
+        for child in children:
+            out, err = child.communicate(timeout=120)
+            assert child.returncode == 0, err
+            lines += out.splitlines()
+    finally:
+        for child in children:  # after a failure, leave no child or pipe behind
+            if child.poll() is None:
+                child.kill()
+            child.communicate()
     return lines
 
 
