@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from itertools import compress, count
-from operator import itemgetter, ne
+from operator import is_, is_not, itemgetter, ne
 from typing import Any, Final, cast
 
 import jsonpatch
@@ -348,6 +348,8 @@ def _single_insertion_or_removal(before: list[JsonValue], after: list[JsonValue]
             rest_before, rest_after = before[index:], after[index + 1 :]
         else:
             rest_before, rest_after = before[index + 1 :], after[index:]
+        if all(map(is_, rest_before, rest_after)):  # shared items (see `_differing`)
+            return index
         return index if orjson.dumps(rest_before) == orjson.dumps(rest_after) else None
     except orjson.JSONEncodeError:  # an integer beyond 64 bits: leave it to the full diff
         return None
@@ -362,7 +364,8 @@ def _first_difference(before: list[JsonValue], after: list[JsonValue]) -> int:
     """
     dumps = orjson.dumps
     end = min(len(before), len(after))
-    start, size = 0, 1
+    # Leading items that are the same objects are equal (see `_differing`).
+    start, size = next(compress(count(), map(is_not, before, after)), end), 1
     while start < end:
         stop = min(start + size, end)
         old_items, new_items = before[start:stop], after[start:stop]
@@ -381,12 +384,20 @@ def _differing(before: list[JsonValue], after: list[JsonValue]) -> list[int]:
     them equal) and several times faster than comparing in Python. Items that are equal
     as JSON but encode differently (another key order) are listed too: diffing them then
     finds no change.
+
+    An item that is the same object in both is equal without a look: the validator hands
+    every save the same copy of an unchanged widget, so a save's diff against the one
+    before encodes only the widgets that changed.
     """
+    end = min(len(before), len(after))
+    suspects = list(compress(range(end), map(is_not, before, after)))
     try:
-        return _differing_encodings(before, after)
+        if len(suspects) == end:
+            return _differing_encodings(before, after)
+        dumps = orjson.dumps
+        return [index for index in suspects if dumps(before[index]) != dumps(after[index])]
     except orjson.JSONEncodeError:
-        pairs = zip(before, after, strict=False)
-        return [index for index, (old, new) in enumerate(pairs) if _encode(old) != _encode(new)]
+        return [index for index in suspects if _encode(before[index]) != _encode(after[index])]
 
 
 def _differing_encodings(before: list[JsonValue], after: list[JsonValue]) -> list[int]:

@@ -74,6 +74,22 @@ def test_inserts_deletes_and_reorders_of_widgets_round_trip_without_replacing_th
     assert len(patch) <= len(_widgets(a)) + len(_widgets(b))
 
 
+@given(edited_layout_pairs())
+def test_widgets_shared_by_both_layouts_give_the_patch_of_equal_copies(
+    pair: tuple[JsonObject, JsonObject],
+) -> None:
+    # The manager diffs documents that share the validator's copy of every unchanged
+    # widget; the identity shortcuts must give the patch of unshared documents.
+    a, b = pair
+    by_encoding = {canonical_json(widget): widget for widget in _widgets(a)}
+    shared = {**b, "widgets": [by_encoding.get(canonical_json(w), w) for w in _widgets(b)]}
+
+    patch = make_patch(a, shared)
+
+    assert patch == make_patch(a, copy_json(shared))
+    assert canonical_json(apply_patch(a, patch)) == canonical_json(b)
+
+
 @given(layouts(), layouts())
 def test_the_round_trip_holds_for_unrelated_layouts(a: JsonObject, b: JsonObject) -> None:
     patch = make_patch(a, b)
