@@ -142,24 +142,35 @@ class VersionService:
             raise CorruptStoreError(f"{key}: version {version} does not match its checksum")
         return document, records[0]
 
-    def apply_retention(self, key: DocumentKey, *, keep: int) -> list[int]:
+    def apply_retention(
+        self, key: DocumentKey, *, keep: int, newest: int | None = None
+    ) -> list[int]:
         """Delete all but the newest *keep* versions, except labelled ones; return those removed.
 
         The oldest kept version, and every labelled version kept below it, become
-        keyframes first, so every version left stays exactly reconstructible.
+        keyframes first, so every version left stays exactly reconstructible. *newest* is
+        the newest version when the caller knows it (it just wrote it), which spares a
+        read; a newer one written meanwhile only means that less is trimmed this time.
         """
-        newest = self._storage.versions(key, limit=1)
-        if not newest:
-            return []
-        cut = newest[0].version - keep + 1
+        if newest is None:
+            latest = self._storage.versions(key, limit=1)
+            if not latest:
+                return []
+            newest = latest[0].version
+        cut = newest - keep + 1
         if cut <= 1:
             return []
-        old = self._all_records(key, before=cut)
+        # The oldest version to keep comes first, read with the ones to remove.
+        old = self._all_records(key, before=cut + 1)
+        if old and old[0].version == cut:
+            oldest_kept, old = old[0], old[1:]
+        else:
+            oldest_kept = self.get_record(key, cut)  # raises NotFoundError
         remove = [r.version for r in old if r.label is None]
         if not remove:
             return []
         bare = [r.version for r in old if r.label is not None and r.snapshot is None]
-        if self.get_record(key, cut).snapshot is None:
+        if oldest_kept.snapshot is None:
             bare.append(cut)
         snapshots = {version: self.get_document(key, version)[0] for version in bare}
         self._storage.compact(key, remove=remove, snapshots=snapshots)
