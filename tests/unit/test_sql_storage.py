@@ -924,3 +924,24 @@ def test_close_gives_the_kept_write_connection_back(db_path: Path) -> None:
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
     with pytest.raises(ConfigurationError, match="closed"):
         storage.write(KEY, {"a": 2}, expected_version=1)
+
+
+@pytest.mark.parametrize("how", ["close", "invalidate"])
+def test_a_borrower_that_closes_or_invalidates_the_write_connection_leaves_writes_working(
+    store: SQLStorage, how: str
+) -> None:
+    with store.borrowed_connection(write=True) as conn:
+        conn.exec_driver_sql("CREATE TABLE side (n INTEGER)")
+        if how == "close":
+            conn.commit()
+            conn.close()
+        else:
+            conn.invalidate()  # a borrower that found the connection broken
+
+    assert store.write(KEY, {"a": 1}, expected_version=None) == 1
+    assert store.write(KEY, {"a": 2}, expected_version=1) == 2
+    with store.borrowed_connection() as conn:
+        tables = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE name = 'side'")
+        assert tables.fetchall() == ([("side",)] if how == "close" else [])
+    store.close()
+    assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]

@@ -1000,8 +1000,9 @@ class _HeldWriter:
 
     A block that fails or leaves a transaction open rolls it back and gives the
     connection back to the pool (which discards a broken one); the next write checks
-    out a fresh one. A connection inherited by a forked child is left alone: it belongs
-    to the parent.
+    out a fresh one, as it does after a borrower closed the connection. A forked child
+    forgets the parent's connection instead of using it (an engine's pool is no more
+    fork-safe than SQLAlchemy makes it: dispose of it in the child).
     """
 
     def __init__(self, connectable: Engine) -> None:
@@ -1019,23 +1020,32 @@ class _HeldWriter:
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         conn = self._conn
-        if exc_type is not None or (
-            conn is not None and (conn.in_transaction() or _driver(conn).in_transaction)
+        if conn is None:
+            return
+        if conn.closed:  # a borrower closed it: the pool has it back already
+            self._conn = None
+        elif (
+            exc_type is not None
+            or conn.invalidated
+            or conn.in_transaction()
+            or _driver(conn).in_transaction
         ):
             self.release()
 
     def release(self) -> None:
         """Roll back what is open, and give the connection back to the pool."""
         conn, self._conn = self._conn, None
-        if conn is None or self._pid != os.getpid():
+        if conn is None or conn.closed or self._pid != os.getpid():
             return
-        try:
-            # Statements that went straight to the driver began a transaction SQLAlchemy
-            # does not know of, so its reset on check-in might not roll it back.
-            if _driver(conn).in_transaction:
-                _driver(conn).rollback()
-        except sqlite3.Error:
-            conn.invalidate()  # a broken connection: the pool must not hand it out again
+        if not conn.invalidated:
+            try:
+                # Statements that went straight to the driver began a transaction
+                # SQLAlchemy does not know of: its reset on check-in might not roll it back.
+                driver = _driver(conn)
+                if driver.in_transaction:
+                    driver.rollback()
+            except (sqlite3.Error, sa_exc.SQLAlchemyError):
+                conn.invalidate()  # broken: the pool must not hand it out again
         conn.close()
 
 
