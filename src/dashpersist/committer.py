@@ -293,7 +293,7 @@ class Committer(Generic[DocT]):
         batch = 1 if not versioning else self._versions.keyframe_interval
         if version > keep and (version - keep) % batch == 0:
             try:
-                self.retry(lambda: self._versions.apply_retention(key, keep=keep, newest=version))
+                self.retry(lambda: self._versions.apply_retention(key, keep=keep))
             except DashPersistError:
                 # The write is committed; trimming is housekeeping that the next write
                 # retries (another process may be trimming the same history right now).

@@ -142,21 +142,18 @@ class VersionService:
             raise CorruptStoreError(f"{key}: version {version} does not match its checksum")
         return document, records[0]
 
-    def apply_retention(
-        self, key: DocumentKey, *, keep: int, newest: int | None = None
-    ) -> list[int]:
+    def apply_retention(self, key: DocumentKey, *, keep: int) -> list[int]:
         """Delete all but the newest *keep* versions, except labelled ones; return those removed.
 
         The oldest kept version, and every labelled version kept below it, become
-        keyframes first, so every version left stays exactly reconstructible. *newest* is
-        the newest version when the caller knows it (it just wrote it), which spares a
-        read; a newer one written meanwhile only means that less is trimmed this time.
+        keyframes first, so every version left stays exactly reconstructible.
         """
-        if newest is None:
-            latest = self._storage.versions(key, limit=1)
-            if not latest:
-                return []
-            newest = latest[0].version
+        # Read, not taken from the caller: a document deleted and created again since has
+        # lower version numbers, and a cut computed from the old ones would trim too much.
+        latest = self._storage.versions(key, limit=1)
+        if not latest:
+            return []
+        newest = latest[0].version
         cut = newest - keep + 1
         if cut <= 1:
             return []

@@ -111,7 +111,12 @@ class VersionRecord:
 
 @dataclass(frozen=True, slots=True)
 class PreparedWrite:
-    """A write checked and encoded once, ready for a backend to store atomically."""
+    """A write checked and encoded once, ready for a backend to store atomically.
+
+    ``record`` may still carry the writer's ``encoded_document`` (copying the record to
+    drop it would cost a tenth of a SQLite write): a backend that keeps record objects
+    must drop it, as `MemoryStorage` does, since records read back have ``None``.
+    """
 
     body: bytes
     record: VersionRecord
