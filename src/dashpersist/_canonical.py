@@ -17,12 +17,20 @@ import orjson
 from dashpersist.errors import CorruptStoreError, ValidationError, ValidationIssue
 from dashpersist.types import JsonObject, JsonValue
 
-__all__ = ["canonical_json", "checksum", "checksum_bytes", "copy_json", "parse_json"]
+__all__ = [
+    "canonical_json",
+    "checksum",
+    "checksum_bytes",
+    "copy_json",
+    "has_non_finite",
+    "parse_json",
+]
 
 _OPTIONS = orjson.OPT_SORT_KEYS
 
 
-def _has_non_finite(node: JsonValue) -> bool:
+def has_non_finite(node: JsonValue) -> bool:
+    """Whether *node* holds a NaN or an infinity, which orjson would write as null."""
     # Hot path (explicit loops: several times faster than any() over a generator).
     # Recursion is safe: orjson has already refused anything nested deeper than 255 levels.
     children: Iterable[JsonValue]
@@ -36,7 +44,7 @@ def _has_non_finite(node: JsonValue) -> bool:
         kind = type(child)
         if kind is float and not math.isfinite(child):  # type: ignore[arg-type]
             return True
-        if (kind is dict or kind is list) and _has_non_finite(child):
+        if (kind is dict or kind is list) and has_non_finite(child):
             return True
     return False
 
@@ -44,11 +52,11 @@ def _has_non_finite(node: JsonValue) -> bool:
 def _path_of_non_finite(node: JsonValue, path: str = "$") -> str:
     if isinstance(node, dict):
         for key, child in node.items():
-            if _has_non_finite(child):
+            if has_non_finite(child):
                 return _path_of_non_finite(child, f"{path}.{key}")
     elif isinstance(node, list):
         for index, child in enumerate(node):
-            if _has_non_finite(child):
+            if has_non_finite(child):
                 return _path_of_non_finite(child, f"{path}[{index}]")
     return path
 
@@ -67,7 +75,7 @@ def canonical_json(value: JsonValue) -> bytes:
         ) from exc
     # orjson writes NaN and infinities as null; refuse them instead of changing the data.
     # Only a document holding "null" can have had one, which keeps the walk off most saves.
-    if b"null" in encoded and _has_non_finite(value):
+    if b"null" in encoded and has_non_finite(value):
         path = _path_of_non_finite(value)
         raise ValidationError([ValidationIssue(path, "finite_number", "NaN or infinity")])
     return encoded

@@ -12,6 +12,7 @@ from typing import Generic, TypeVar, cast
 
 import pydantic
 
+from dashpersist._canonical import canonical_json
 from dashpersist.encryption import FieldEncryptor
 from dashpersist.migrations import SchemaMigrator
 from dashpersist.storage.protocol import DocumentKey
@@ -53,6 +54,16 @@ class DocumentCodec(Generic[DocT]):
                 return self.validator.check_json(document)
             return self.validator.check_json(cast(JsonObject, document.model_dump(mode="json")))
         return self.validator.check_json(document)
+
+    def canonical(self, document: JsonObject) -> bytes:
+        """Return the canonical JSON of *document*, a stored form this codec made.
+
+        Without encryption the stored form is the validator's output, whose widgets'
+        JSON the validator has: it joins that instead of encoding the whole document.
+        """
+        if self.encryptor is None:
+            return self.validator.canonical(document)
+        return canonical_json(document)
 
     def encrypt(
         self, key: DocumentKey, plain: JsonObject, *, previous: JsonObject | None

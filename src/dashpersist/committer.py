@@ -18,7 +18,7 @@ from typing import Generic, TypeVar
 
 import pydantic
 
-from dashpersist._canonical import canonical_json, checksum, checksum_bytes, copy_json
+from dashpersist._canonical import checksum, checksum_bytes, copy_json
 from dashpersist._retry import call_with_retries
 from dashpersist.cache import ReadCache, invalidate_everywhere
 from dashpersist.changes import describe_changes, summarize
@@ -175,7 +175,7 @@ class Committer(Generic[DocT]):
         document = self._codec.encrypt(
             key, pending.plain, previous=None if current is None else current.document
         )
-        encoded = canonical_json(document)
+        encoded = self._codec.canonical(document)
         digest = checksum_bytes(encoded)
         if current is not None and current.checksum == digest:
             self.bases[key] = current.version

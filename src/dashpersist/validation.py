@@ -45,6 +45,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from dashpersist._canonical import canonical_json, has_non_finite
 from dashpersist.encryption import encrypted_fields
 from dashpersist.errors import PayloadTooLargeError, ValidationError, ValidationIssue
 from dashpersist.models import ID_PATTERN, Layout, Widget, was_validated
@@ -492,10 +493,12 @@ class _CheckedModel:
     item: BaseModel  # the model validation made of it (the same, for a valid model)
     plain: JsonValue
     size: int  # bytes of its JSON, and a separator
+    encoded: bytes  # the canonical JSON of plain
 
 
 _SIZE = operator.attrgetter("size")
 _PLAIN = operator.attrgetter("plain")
+_ENCODED = operator.attrgetter("encoded")
 
 
 def _keyed_lists(schema: type[BaseModel]) -> tuple[_KeyedList, ...]:
@@ -566,6 +569,8 @@ class Validator(Generic[ModelT]):
         self._lock = threading.Lock()
         self._cache: dict[str, OrderedDict[bytes, _Checked]] = {}
         self._by_identity: OrderedDict[int, _CheckedModel] = OrderedDict()
+        # id(plain) -> the entry that handed plain out: see `canonical`.
+        self._by_plain: dict[int, _CheckedModel] = {}
         self._cache_size = cache_size
         self._limits = limits or Limits()
         self._allow_unknown_widget_types = allow_unknown_widget_types
@@ -600,6 +605,7 @@ class Validator(Generic[ModelT]):
         """Drop the remembered checks (the rules changed); call with the lock held."""
         self._cache.clear()
         self._by_identity.clear()
+        self._by_plain.clear()
 
     def encrypted_fields(self) -> list[str]:
         """Return the paths marked `Encrypted` on the schema and on registered settings
@@ -909,14 +915,47 @@ class Validator(Generic[ModelT]):
                 if entry_checked.was_normalized
                 else orjson.loads(entry_checked.normalized),
                 len(entry_checked.normalized) + 1,
+                entry_checked.normalized,
             )
             found[index] = entry
             if remembered and type(model) is keyed.item_model and self._cache_size > 0:
                 with self._lock:
                     by_identity[id(model)] = entry
+                    self._by_plain[id(entry.plain)] = entry
                     while len(by_identity) > self._cache_size:
-                        by_identity.popitem(last=False)  # the oldest remembered first
+                        _, old = by_identity.popitem(last=False)  # the oldest first
+                        if self._by_plain.get(id(old.plain)) is old:
+                            del self._by_plain[id(old.plain)]
         return cast(list[_CheckedModel], found)
+
+    def canonical(self, document: JsonObject) -> bytes:
+        """Return ``canonical_json(document)``, built from the canonical JSON of the items
+        this validator handed out when *document*'s keyed lists hold only those.
+
+        A save of a layout model mostly holds widgets checked before, whose JSON the
+        validator has: joining it spares encoding (and sorting) the whole document again.
+        *document* must be one `check_json` returned (or its like): items are taken to be
+        unchanged since, as every stored form is.
+        """
+        fragments: dict[str, orjson.Fragment] = {}
+        with self._lock:
+            by_plain = self._by_plain
+            for keyed in self._keyed:
+                items = document.get(keyed.name)
+                if type(items) is not list:
+                    return canonical_json(document)
+                entries = list(map(by_plain.get, map(id, items)))
+                if None in entries or any(map(operator.is_not, map(_PLAIN, entries), items)):
+                    return canonical_json(document)
+                encoded_items = b",".join(map(_ENCODED, entries))
+                fragments[keyed.name] = orjson.Fragment(b"[" + encoded_items + b"]")
+        shell = {key: value for key, value in document.items() if key not in fragments}
+        if not fragments or has_non_finite(shell):
+            return canonical_json(document)  # which refuses NaN and infinities
+        try:
+            return orjson.dumps({**shell, **fragments}, option=_SORTED)
+        except (orjson.JSONEncodeError, TypeError):
+            return canonical_json(document)  # raises the ValidationError it deserves
 
     def _checked_valid_model(
         self, keyed: _KeyedList, path: str, model: BaseModel, item: JsonValue

@@ -6,7 +6,9 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dashpersist._canonical import canonical_json
 from dashpersist.errors import ValidationError
+from dashpersist.models import Layout
 from dashpersist.types import JsonObject
 from dashpersist.validation import Limits, Validator
 from tests.strategies import (
@@ -103,3 +105,22 @@ def test_check_json_agrees_with_check_even_with_a_warm_cache(
             continue
         assert expected == "valid"
         assert normalized == validator.check(doc).model_dump(mode="json")  # type: ignore[arg-type]
+
+
+@given(valid_layouts, st.lists(st.integers(min_value=0, max_value=20), max_size=6))
+def test_the_canonical_json_the_validator_builds_equals_encoding_the_whole_document(
+    document: JsonObject, edits: list[int]
+) -> None:
+    # Committed checksums come from Validator.canonical: it must be canonical_json exactly.
+    validator = Validator()
+    layout = Layout.model_validate(document)
+    outputs = [validator.check_json(layout)]
+    for step, pick in enumerate(edits):
+        if not layout.widgets:
+            break
+        widget = layout.widgets[pick % len(layout.widgets)]
+        layout = layout.update_widget(widget.id, title=f"Edit {step}")
+        outputs.append(validator.check_json(layout))
+
+    for output in outputs:
+        assert validator.canonical(output) == canonical_json(output)

@@ -12,6 +12,7 @@ import pydantic
 import pytest
 from pydantic import BaseModel, ConfigDict
 
+from dashpersist._canonical import canonical_json
 from dashpersist.encryption import Encrypted
 from dashpersist.errors import PayloadTooLargeError, ValidationError
 from dashpersist.models import Layout
@@ -628,3 +629,44 @@ def test_widgets_that_may_change_in_place_are_checked_every_time() -> None:
     widget.settings["limit"] = 2
 
     assert validator.check_json(layout)["widgets"] == [{"id": "w1", "settings": {"limit": 2}}]
+
+
+def _layout_model(widgets: int = 3) -> Layout:
+    return Layout.model_validate(
+        {
+            "widgets": [
+                {"id": f"w{i}", "type": "chart", "x": 0, "y": i * 2, "w": 3, "h": 2}
+                for i in range(widgets)
+            ],
+            "theme": "dark",
+            "metadata": {"note": None},
+        }
+    )
+
+
+def test_canonical_joins_the_widgets_it_handed_out_and_encodes_anything_else() -> None:
+    validator = Validator()
+    output = validator.check_json(_layout_model())
+    copied = orjson.loads(orjson.dumps(output))  # equal, but not the validator's objects
+
+    assert validator.canonical(output) == canonical_json(output)
+    assert validator.canonical(copied) == canonical_json(copied)
+    assert validator.canonical({"theme": "dark"}) == canonical_json({"theme": "dark"})
+
+
+def test_canonical_refuses_what_canonical_json_refuses() -> None:
+    validator = Validator()
+    output = validator.check_json(_layout_model())
+
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValidationError, match="NaN or infinity"):
+            validator.canonical({**output, "metadata": {"note": bad}})
+
+
+def test_canonical_forgets_widgets_when_the_rules_change() -> None:
+    validator = Validator()
+    output = validator.check_json(_layout_model())
+    validator.limits = Limits(max_string_length=500)
+
+    assert validator._by_plain == {}
+    assert validator.canonical(output) == canonical_json(output)
