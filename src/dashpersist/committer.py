@@ -45,6 +45,10 @@ _MERGE_BACKOFF = 0.005
 writers racing for one document fall out of step."""
 
 
+def _run_now(key: DocumentKey, task: Callable[[], None]) -> None:
+    task()
+
+
 class LostRace(Exception):  # noqa: N818 - internal signal, never escapes the manager
     """Another writer committed between our read and our write; merge and try again."""
 
@@ -91,8 +95,10 @@ class Committer(Generic[DocT]):
         device_id: str | None,
         clock: Callable[[], datetime],
         sleep: Callable[[float], None],
+        housekeeping: Callable[[DocumentKey, Callable[[], None]], None] | None = None,
     ) -> None:
         self._storage = storage
+        self._housekeeping = housekeeping or _run_now
         self._versions = versions
         self._codec = codec
         self._resolver = resolver
@@ -292,13 +298,24 @@ class Committer(Generic[DocT]):
         # therefore holds max_versions to max_versions + keyframe_interval - 1 versions.
         batch = 1 if not versioning else self._versions.keyframe_interval
         if version > keep and (version - keep) % batch == 0:
-            try:
-                self.retry(lambda: self._versions.apply_retention(key, keep=keep))
-            except DashPersistError:
-                # The write is committed; trimming is housekeeping that the next write
-                # retries (another process may be trimming the same history right now).
-                _LOG.warning("could not trim the history of %s", key, exc_info=True)
+            self._housekeeping(key, lambda: self._trim(key, keep, version, record.checksum))
         return version
+
+    def _trim(self, key: DocumentKey, keep: int, version: int, digest: str) -> None:
+        """Trim *key*'s history below the *keep* versions up to *version*, which this
+        committer wrote with *digest*: the cut then falls on a keyframe, however many
+        versions were written since the trim was asked for."""
+        try:
+            written = self.retry(lambda: self._versions.get_record(key, version))
+            if written.checksum != digest:
+                return  # deleted and created again since: a later write trims that history
+            self.retry(lambda: self._versions.apply_retention(key, keep=keep, newest=version))
+        except NotFoundError:
+            return  # the same
+        except DashPersistError:
+            # The write is committed; trimming is housekeeping that the next trim catches
+            # up on (another process may be trimming the same history right now).
+            _LOG.warning("could not trim the history of %s", key, exc_info=True)
 
     def commit_entry(
         self, entry: OutboxEntry, base_version: int | None, base_document: JsonObject | None

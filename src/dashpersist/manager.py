@@ -50,6 +50,7 @@ from dashpersist.errors import (
     ValidationIssue,
 )
 from dashpersist.events import ChangeEvent, EventBus, EventKind, Subscriber, Unsubscribe
+from dashpersist.housekeeping import Housekeeper
 from dashpersist.journal import Change, Journal, PendingChange
 from dashpersist.merge import ConflictResolver
 from dashpersist.migrations import SchemaMigrator, Upcast, schema_version_of
@@ -179,6 +180,7 @@ class PersistenceManager(Generic[DocT]):
             maxsize=self._config.cache_size, ttl=self._config.cache_ttl
         )
         register_cache(self._storage, self._cache)
+        self._housekeeper = Housekeeper(start_thread=start_threads)
         self._committer: Committer[DocT] = Committer(
             self._storage,
             self._versions,
@@ -189,6 +191,7 @@ class PersistenceManager(Generic[DocT]):
             device_id=device_id,
             clock=self._clock,
             sleep=sleep,
+            housekeeping=self._housekeeper.submit,
         )
         self._bases = self._committer.bases
         self._key_locks: dict[DocumentKey, threading.RLock] = {}
@@ -529,6 +532,7 @@ class PersistenceManager(Generic[DocT]):
         """Return up to *limit* versions of the document, newest first, below *before*."""
         self._check_open()
         key = _key(user_id, layout_id)
+        self._housekeeper.wait(key)  # this manager's own trims are seen
         records = self._retry(lambda: self._storage.versions(key, before=before, limit=limit))
         return [
             VersionInfo(
@@ -551,6 +555,7 @@ class PersistenceManager(Generic[DocT]):
         """
         self._check_open()
         key = _key(user_id, layout_id)
+        self._housekeeper.wait(key)
         document, record = self._retry(lambda: self._versions.get_document(key, version))
         return self._codec.decode(key, document, record.schema_version)
 
@@ -610,6 +615,7 @@ class PersistenceManager(Generic[DocT]):
         if keep < 1:
             raise ValidationError([ValidationIssue("keep", "greater_than_equal", "must be >= 1")])
         key = _key(user_id, layout_id)
+        self._housekeeper.wait(key)
         with self._lock_for(key):
             return len(self._retry(lambda: self._versions.apply_retention(key, keep=keep)))
 
@@ -617,11 +623,13 @@ class PersistenceManager(Generic[DocT]):
         """Recompute the checksums and the hash chain of the document and its history."""
         self._check_open()
         key = _key(user_id, layout_id)
+        self._housekeeper.wait(key)
         return self._retry(lambda: self._versions.verify(key))
 
     def verify_store(self) -> IntegrityReport:
         """Verify every document of every user in the store (see `verify`)."""
         self._check_open()
+        self._housekeeper.wait()
         reports: list[IntegrityReport] = []
         for user_id in self._retry(self._storage.user_ids):
             for layout_id in self._retry(functools.partial(self._storage.layout_ids, user_id)):
@@ -680,10 +688,14 @@ class PersistenceManager(Generic[DocT]):
 
         When it returns, every save queued before the call is in storage or in the
         durable outbox. If a write fails, every other queued save is still attempted, the
-        failed one stays queued, and the first error is raised.
+        failed one stays queued, and the first error is raised. History trims the
+        written saves asked for are done too.
         """
         self._check_open()
-        return self._autosave.flush()
+        try:
+            return self._autosave.flush()
+        finally:
+            self._housekeeper.wait()
 
     def close(self) -> None:
         """Flush, stop background work, and release the store if this manager opened it.
@@ -695,6 +707,7 @@ class PersistenceManager(Generic[DocT]):
             return
         self._autosave.close()
         self._closed = True
+        self._housekeeper.close()  # trims run before the store closes
         if self._sync is not None:
             self._sync.close()
         if self._listener is not None:
@@ -1155,6 +1168,7 @@ class PersistenceManager(Generic[DocT]):
         )
 
     def _upgraded_version(self, key: DocumentKey, version: int) -> JsonObject:
+        self._housekeeper.wait(key)
         document, record = self._retry(lambda: self._versions.get_document(key, version))
         return self._codec.plain(key, document, record.schema_version)
 

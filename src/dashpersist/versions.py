@@ -142,18 +142,22 @@ class VersionService:
             raise CorruptStoreError(f"{key}: version {version} does not match its checksum")
         return document, records[0]
 
-    def apply_retention(self, key: DocumentKey, *, keep: int) -> list[int]:
+    def apply_retention(
+        self, key: DocumentKey, *, keep: int, newest: int | None = None
+    ) -> list[int]:
         """Delete all but the newest *keep* versions, except labelled ones; return those removed.
 
         The oldest kept version, and every labelled version kept below it, become
-        keyframes first, so every version left stays exactly reconstructible.
+        keyframes first, so every version left stays exactly reconstructible. *newest*
+        counts the versions to keep from that version instead of the newest stored: a
+        caller trimming after its own write, which checked that the version is still
+        the one it wrote (a document deleted and created again has lower numbers).
         """
-        # Read, not taken from the caller: a document deleted and created again since has
-        # lower version numbers, and a cut computed from the old ones would trim too much.
-        latest = self._storage.versions(key, limit=1)
-        if not latest:
-            return []
-        newest = latest[0].version
+        if newest is None:
+            latest = self._storage.versions(key, limit=1)
+            if not latest:
+                return []
+            newest = latest[0].version
         cut = newest - keep + 1
         if cut <= 1:
             return []

@@ -1,0 +1,156 @@
+"""The housekeeper: history trims off the saving thread, seen by the manager's readers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Collection, Mapping
+
+import pytest
+
+from dashpersist import Layout, MemoryStorage, PersistenceConfig, PersistenceManager
+from dashpersist.housekeeping import Housekeeper
+from dashpersist.storage.protocol import DocumentKey
+from dashpersist.types import JsonObject
+
+A, B = DocumentKey("alice"), DocumentKey("bob")
+
+
+def test_without_the_thread_a_task_runs_at_once() -> None:
+    ran: list[str] = []
+    keeper = Housekeeper(start_thread=False)
+
+    keeper.submit(A, lambda: ran.append("a"))
+
+    assert ran == ["a"]
+    keeper.wait()
+    keeper.close()
+
+
+def test_a_task_runs_off_the_caller_and_wait_returns_when_it_is_done() -> None:
+    keeper = Housekeeper(start_thread=True)
+    release = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def task() -> None:
+        threads.append(threading.current_thread())
+        release.wait(5)
+
+    keeper.submit(A, task)  # returns while the task waits
+    waiter = threading.Thread(target=keeper.wait, args=(A,))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # A is still being worked on
+    keeper.wait(B)  # nothing was asked for B
+
+    release.set()
+    waiter.join(5)
+    assert not waiter.is_alive()
+    assert threads and threads[0] is not threading.current_thread()
+    keeper.close()
+
+
+def test_requests_for_a_document_waiting_their_turn_run_once() -> None:
+    keeper = Housekeeper(start_thread=True)
+    release = threading.Event()
+    ran: list[str] = []
+    keeper.submit(A, lambda: release.wait(5))  # keeps the thread busy
+
+    for _ in range(5):
+        keeper.submit(B, lambda: ran.append("b"))
+    release.set()
+    keeper.wait()
+
+    assert ran == ["b"]
+    keeper.close()
+
+
+def test_close_runs_what_is_pending_and_later_tasks_run_at_once() -> None:
+    keeper = Housekeeper(start_thread=True)
+    release = threading.Event()
+    ran: list[str] = []
+    keeper.submit(A, lambda: release.wait(5))
+    keeper.submit(B, lambda: ran.append("pending"))
+    release.set()
+
+    keeper.close()
+    keeper.submit(A, lambda: ran.append("after close"))
+
+    assert ran == ["pending", "after close"]
+    keeper.close()  # idempotent
+
+
+def test_a_failing_task_is_logged_and_the_next_one_still_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    keeper = Housekeeper(start_thread=True)
+    ran: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.ERROR, logger="dashpersist.housekeeping"):
+        keeper.submit(A, broken)
+        keeper.wait()
+        keeper.submit(B, lambda: ran.append("b"))
+        keeper.wait()
+
+    assert ran == ["b"]
+    assert "housekeeping of" in caplog.text and "boom" in caplog.text
+    keeper.close()
+
+
+def test_a_task_that_waits_for_housekeeping_does_not_wait_for_itself() -> None:
+    keeper = Housekeeper(start_thread=True)
+    done = threading.Event()
+
+    def task() -> None:
+        keeper.wait(A)
+        done.set()
+
+    keeper.submit(A, task)
+
+    assert done.wait(5)
+    keeper.close()
+
+
+class _SlowTrims(MemoryStorage):
+    """A real MemoryStorage whose history trims wait for a signal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trimming = threading.Event()
+        self.release = threading.Event()
+
+    def compact(
+        self,
+        key: DocumentKey,
+        *,
+        remove: Collection[int],
+        snapshots: Mapping[int, JsonObject],
+    ) -> None:
+        self.trimming.set()
+        self.release.wait(5)
+        super().compact(key, remove=remove, snapshots=snapshots)
+
+
+def test_a_save_does_not_wait_for_its_trim_and_readers_of_history_do() -> None:
+    storage = _SlowTrims()
+    pm = PersistenceManager(storage, config=PersistenceConfig(max_versions=2, keyframe_interval=2))
+    for n in range(1, 5):  # version 4 asks for a trim: 4 - 2 is a multiple of 2
+        result = pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True)
+
+    assert result.version == 4
+    assert storage.trimming.wait(5)  # the save returned while its trim waits
+    history: list[list[int]] = []
+    reader = threading.Thread(
+        target=lambda: history.append([v.version for v in pm.get_version_history("alice")])
+    )
+    reader.start()
+    reader.join(0.2)
+    assert reader.is_alive()  # it waits for the trim this manager asked for
+
+    storage.release.set()
+    reader.join(5)
+    assert history == [[4, 3]]
+    pm.close()
