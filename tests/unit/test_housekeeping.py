@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Mapping
+from typing import Any
 
 import pytest
 
 from dashpersist import Layout, MemoryStorage, PersistenceConfig, PersistenceManager
 from dashpersist.housekeeping import Housekeeper
 from dashpersist.storage.protocol import DocumentKey
-from dashpersist.types import JsonObject
 
 A, B = DocumentKey("alice"), DocumentKey("bob")
 
@@ -122,16 +121,10 @@ class _SlowTrims(MemoryStorage):
         self.trimming = threading.Event()
         self.release = threading.Event()
 
-    def compact(
-        self,
-        key: DocumentKey,
-        *,
-        remove: Collection[int],
-        snapshots: Mapping[int, JsonObject],
-    ) -> None:
+    def compact(self, key: DocumentKey, **trim: Any) -> None:
         self.trimming.set()
         self.release.wait(5)
-        super().compact(key, remove=remove, snapshots=snapshots)
+        super().compact(key, **trim)
 
 
 def test_a_save_does_not_wait_for_its_trim_and_readers_of_history_do() -> None:
