@@ -12,7 +12,6 @@ from typing import Generic, TypeVar, cast
 
 import pydantic
 
-from dashpersist._canonical import canonical_json
 from dashpersist.encryption import FieldEncryptor
 from dashpersist.migrations import SchemaMigrator
 from dashpersist.storage.protocol import DocumentKey
@@ -58,12 +57,11 @@ class DocumentCodec(Generic[DocT]):
     def canonical(self, document: JsonObject) -> bytes:
         """Return the canonical JSON of *document*, a stored form this codec made.
 
-        Without encryption the stored form is the validator's output, whose widgets'
-        JSON the validator has: it joins that instead of encoding the whole document.
+        The stored form holds the validator's copies of the widgets (all of them, or,
+        with encryption, those without an encrypted field), whose JSON the validator
+        has: it joins that instead of encoding the whole document.
         """
-        if self.encryptor is None:
-            return self.validator.canonical(document)
-        return canonical_json(document)
+        return self.validator.canonical(document)
 
     def encrypt(
         self, key: DocumentKey, plain: JsonObject, *, previous: JsonObject | None

@@ -929,26 +929,36 @@ class Validator(Generic[ModelT]):
         return cast(list[_CheckedModel], found)
 
     def canonical(self, document: JsonObject) -> bytes:
-        """Return ``canonical_json(document)``, built from the canonical JSON of the items
-        this validator handed out when *document*'s keyed lists hold only those.
+        """Return ``canonical_json(document)``, built from the canonical JSON this validator
+        keeps of the items it handed out, where *document*'s keyed lists hold those.
 
         A save of a layout model mostly holds widgets checked before, whose JSON the
         validator has: joining it spares encoding (and sorting) the whole document again.
-        *document* must be one `check_json` returned (or its like): items are taken to be
-        unchanged since, as every stored form is.
+        Other items (new objects, such as widgets with encrypted fields) are encoded one
+        by one. Items handed out are taken to be unchanged since, as every stored form is.
         """
-        fragments: dict[str, orjson.Fragment] = {}
         with self._lock:
-            by_plain = self._by_plain
+            looked_up = []
             for keyed in self._keyed:
                 items = document.get(keyed.name)
                 if type(items) is not list:
                     return canonical_json(document)
-                entries = list(map(by_plain.get, map(id, items)))
-                if None in entries or any(map(operator.is_not, map(_PLAIN, entries), items)):
-                    return canonical_json(document)
-                encoded_items = b",".join(map(_ENCODED, entries))
-                fragments[keyed.name] = orjson.Fragment(b"[" + encoded_items + b"]")
+                looked_up.append((keyed.name, items, list(map(self._by_plain.get, map(id, items)))))
+        fragments: dict[str, orjson.Fragment] = {}
+        for name, items, entries in looked_up:
+            if None not in entries and not any(map(operator.is_not, map(_PLAIN, entries), items)):
+                parts = list(map(_ENCODED, entries))
+            else:
+                parts = []
+                for item, entry in zip(items, entries, strict=True):
+                    if entry is not None and entry.plain is item:
+                        parts.append(entry.encoded)
+                        continue
+                    part = _encode(item)
+                    if part is None or (b"null" in part and has_non_finite(item)):
+                        return canonical_json(document)  # which raises what it should
+                    parts.append(part)
+            fragments[name] = orjson.Fragment(b"[" + b",".join(parts) + b"]")
         shell = {key: value for key, value in document.items() if key not in fragments}
         if not fragments or has_non_finite(shell):
             return canonical_json(document)  # which refuses NaN and infinities

@@ -649,8 +649,12 @@ def test_canonical_joins_the_widgets_it_handed_out_and_encodes_anything_else() -
     output = validator.check_json(_layout_model())
     copied = orjson.loads(orjson.dumps(output))  # equal, but not the validator's objects
 
+    widgets = cast(list[JsonValue], output["widgets"])
+    mixed = {**output, "widgets": [*widgets[:2], {**cast(JsonObject, widgets[2]), "h": 4}]}
+
     assert validator.canonical(output) == canonical_json(output)
     assert validator.canonical(copied) == canonical_json(copied)
+    assert validator.canonical(mixed) == canonical_json(mixed)
     assert validator.canonical({"theme": "dark"}) == canonical_json({"theme": "dark"})
 
 
@@ -658,9 +662,12 @@ def test_canonical_refuses_what_canonical_json_refuses() -> None:
     validator = Validator()
     output = validator.check_json(_layout_model())
 
+    widgets = cast(list[JsonValue], output["widgets"])
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValidationError, match="NaN or infinity"):
             validator.canonical({**output, "metadata": {"note": bad}})
+        with pytest.raises(ValidationError, match="NaN or infinity"):  # in a widget it lacks
+            validator.canonical({**output, "widgets": [*widgets[:2], {"id": "w9", "x": bad}]})
 
 
 def test_canonical_forgets_widgets_when_the_rules_change() -> None:
