@@ -21,6 +21,9 @@ _LOG = logging.getLogger(__name__)
 
 Task = Callable[[], None]
 
+IDLE_SECONDS = 10.0
+"""How long the thread waits for work before it ends (the next request starts another)."""
+
 
 class Housekeeper:
     """Run each document's housekeeping on one background thread, in the order asked.
@@ -28,10 +31,10 @@ class Housekeeper:
     One task per document waits at a time: a trim reads the history when it runs, so it
     covers every request for that document made before it starts. `wait` returns when
     what was asked for a document (or for all) is done; `close` runs what is left and
-    stops the thread. Without the thread (``start_thread=False``, after `close`, at
-    interpreter exit, in a forked child before it asks again) tasks run at once on the
-    thread that asks. A task handles its own errors; one that raises anyway is logged,
-    and the thread goes on.
+    stops the thread, which also ends after `IDLE_SECONDS` without work. Without the
+    thread (``start_thread=False``, after `close`, at interpreter exit, in a forked
+    child before it asks again) tasks run at once on the thread that asks. A task
+    handles its own errors; one that raises anyway is logged, and the thread goes on.
     """
 
     def __init__(self, *, start_thread: bool) -> None:
@@ -92,9 +95,14 @@ class Housekeeper:
     def _work(self) -> None:
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: bool(self._pending) or self._closed)
+                self._changed.wait_for(
+                    lambda: bool(self._pending) or self._closed, timeout=IDLE_SECONDS
+                )
                 if not self._pending:
-                    return  # closed, and nothing is left
+                    # Closed, or idle for a while (a manager nobody closed must not keep a
+                    # thread for good): the next request starts another.
+                    self._thread = None
+                    return
                 key = next(iter(self._pending))
                 task = self._pending.pop(key)
                 self._running = key

@@ -147,3 +147,24 @@ def test_a_save_does_not_wait_for_its_trim_and_readers_of_history_do() -> None:
     reader.join(5)
     assert history == [[4, 3]]
     pm.close()
+
+
+def test_an_idle_thread_ends_and_the_next_request_starts_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("dashpersist.housekeeping.IDLE_SECONDS", 0.05)
+    keeper = Housekeeper(start_thread=True)
+    workers: list[threading.Thread] = []
+
+    def note_worker() -> None:
+        workers.append(threading.current_thread())
+
+    keeper.submit(A, note_worker)
+    keeper.wait()
+    workers[0].join(5)  # ends once idle
+    keeper.submit(B, note_worker)
+    keeper.wait()
+
+    assert not workers[0].is_alive()
+    assert workers[1] is not workers[0] and workers[1] is not threading.current_thread()
+    keeper.close()
