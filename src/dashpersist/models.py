@@ -139,6 +139,9 @@ class Layout(BaseModel):
     model_config = _MODEL_CONFIG
 
     schema_version: ClassVar[int] = 1
+    # Frozen, with deep-frozen filters and metadata: `Validator.check_json` may remember
+    # the JSON of its fields by identity (see `dashpersist.validation.IMMUTABLE_MARKER`).
+    __dashpersist_immutable__: ClassVar[bool] = True
 
     widgets: Annotated[tuple[Widget, ...], Field(strict=False)] = ()
     theme: str = "light"

@@ -571,6 +571,9 @@ class Validator(Generic[ModelT]):
         self._by_identity: OrderedDict[int, _CheckedModel] = OrderedDict()
         # id(plain) -> the entry that handed plain out: see `canonical`.
         self._by_plain: dict[int, _CheckedModel] = {}
+        # The shell of the last model checked: its field values (held), JSON and size.
+        self._last_shell: tuple[tuple[object, ...], JsonObject, int] | None = None
+        self._immutable_schema = bool(schema.__dict__.get(IMMUTABLE_MARKER, False))
         self._cache_size = cache_size
         self._limits = limits or Limits()
         self._allow_unknown_widget_types = allow_unknown_widget_types
@@ -606,6 +609,7 @@ class Validator(Generic[ModelT]):
         self._cache.clear()
         self._by_identity.clear()
         self._by_plain.clear()
+        self._last_shell = None
 
     def encrypted_fields(self) -> list[str]:
         """Return the paths marked `Encrypted` on the schema and on registered settings
@@ -836,13 +840,27 @@ class Validator(Generic[ModelT]):
 
     def _check_model(self, document: ModelT) -> JsonObject:
         """`_check_incrementally` for a model of the schema: its keyed items are models
-        already, and immutable ones checked before are known by identity, not dumped."""
+        already, and immutable ones checked before are known by identity, not dumped.
+        For an immutable schema, the rest (the shell) of the last model checked is known
+        by the identity of its field values: an edit of a widget leaves them all."""
         keyed_names = {keyed.name for keyed in self._keyed}
-        shell = cast(JsonObject, document.model_dump(mode="json", exclude=keyed_names))
-        if len(shell) + len(keyed_names) > self.limits.max_keys_per_object:
-            return self._full(cast(JsonObject, document.model_dump(mode="json")))
-        self._check_shape(shell, None)
-        size = len(_encode(shell) or b"")
+        shell_values = self._shell_values(document, keyed_names)
+        last = self._last_shell
+        if (
+            shell_values is not None
+            and last is not None
+            and len(last[0]) == len(shell_values)
+            and all(map(operator.is_, last[0], shell_values))
+        ):
+            shell, size = dict(last[1]), last[2]
+        else:
+            shell = cast(JsonObject, document.model_dump(mode="json", exclude=keyed_names))
+            if len(shell) + len(keyed_names) > self.limits.max_keys_per_object:
+                return self._full(cast(JsonObject, document.model_dump(mode="json")))
+            self._check_shape(shell, None)
+            size = len(_encode(shell) or b"")
+            if shell_values is not None:
+                self._last_shell = (shell_values, dict(shell), size)
         checked: dict[str, list[_CheckedModel]] = {}
         for keyed in self._keyed:
             models = getattr(document, keyed.name)
@@ -864,6 +882,15 @@ class Validator(Generic[ModelT]):
                 _raise(_issues_of(exc), exc)
         shell.update(output_items)
         return shell
+
+    def _shell_values(
+        self, document: BaseModel, keyed_names: set[str]
+    ) -> tuple[object, ...] | None:
+        """The values of *document*'s fields outside its keyed lists, when its class
+        promises immutability (see `IMMUTABLE_MARKER`) and it holds no extra fields."""
+        if not self._immutable_schema or document.__pydantic_extra__:
+            return None
+        return tuple(value for name, value in document.__dict__.items() if name not in keyed_names)
 
     def _checked_models(
         self, keyed: _KeyedList, models: Sequence[BaseModel]

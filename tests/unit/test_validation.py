@@ -677,3 +677,40 @@ def test_canonical_forgets_widgets_when_the_rules_change() -> None:
 
     assert validator._by_plain == {}
     assert validator.canonical(output) == canonical_json(output)
+
+
+def test_the_shell_of_a_layout_edit_is_reused_until_the_limits_change() -> None:
+    validator = Validator()
+    layout = _layout_model().with_changes(theme="t" * 40)
+    first = validator.check_json(layout)
+    edited = layout.update_widget("w1", title="Renamed")  # the same theme, filters, ...
+
+    second = validator.check_json(edited)
+
+    assert second == {**first, "widgets": second["widgets"]}
+    assert second is not first and second["widgets"] != first["widgets"]
+    validator.limits = Limits(max_string_length=20)  # the reused shell no longer passes
+    with pytest.raises(ValidationError, match="max_string_length"):
+        validator.check_json(edited.update_widget("w1", title="Again"))
+
+
+def test_a_changed_shell_is_checked_again() -> None:
+    validator = Validator()
+    layout = _layout_model()
+    validator.check_json(layout)
+
+    changed = validator.check_json(layout.with_changes(theme="light", columns=24))
+
+    assert (changed["theme"], changed["columns"]) == ("light", 24)
+
+
+def test_a_subclass_of_layout_does_not_inherit_the_shell_reuse() -> None:
+    class Tagged(Layout):
+        tags: list[str] = []  # a mutable field: the immutability promise no longer holds
+
+    validator = Validator(schema=Tagged)
+    tagged = Tagged(tags=["a"])
+    validator.check_json(tagged)
+    tagged.tags.append("b" * 10)
+
+    assert validator.check_json(tagged)["tags"] == ["a", "b" * 10]
