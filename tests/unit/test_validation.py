@@ -10,7 +10,7 @@ from typing import Annotated, cast
 import orjson
 import pydantic
 import pytest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from dashpersist._canonical import canonical_json
 from dashpersist.encryption import Encrypted
@@ -706,7 +706,7 @@ def test_a_changed_shell_is_checked_again() -> None:
 
 def test_a_subclass_of_layout_does_not_inherit_the_shell_reuse() -> None:
     class Tagged(Layout):
-        tags: list[str] = []  # a mutable field: the immutability promise no longer holds
+        tags: list[str] = Field(default_factory=list)  # mutable: the promise no longer holds
 
     validator = Validator(schema=Tagged)
     tagged = Tagged(tags=["a"])
