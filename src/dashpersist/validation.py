@@ -492,11 +492,9 @@ class _CheckedModel:
     model: BaseModel  # held, so that its id() is not reused while it is remembered
     item: BaseModel  # the model validation made of it (the same, for a valid model)
     plain: JsonValue
-    size: int  # bytes of its JSON, and a separator
     encoded: bytes  # the canonical JSON of plain
 
 
-_SIZE = operator.attrgetter("size")
 _PLAIN = operator.attrgetter("plain")
 _ENCODED = operator.attrgetter("encoded")
 
@@ -867,7 +865,8 @@ class Validator(Generic[ModelT]):
             if len(models) > self.limits.max_array_length:
                 return self._full(cast(JsonObject, document.model_dump(mode="json")))
             checked[keyed.name] = entries = self._checked_models(keyed, models)
-            size += sum(map(_SIZE, entries)) + 12
+            # Each item's JSON and a separator, and the brackets and key around them.
+            size += sum(map(len, map(_ENCODED, entries))) + len(entries) + 12
         output_items = {name: list(map(_PLAIN, entries)) for name, entries in checked.items()}
         self._check_top_level({**shell, **output_items})
         if size > self.limits.max_document_bytes:
@@ -941,7 +940,6 @@ class Validator(Generic[ModelT]):
                 entry_checked.snapshot
                 if entry_checked.was_normalized
                 else orjson.loads(entry_checked.normalized),
-                len(entry_checked.normalized) + 1,
                 entry_checked.normalized,
             )
             found[index] = entry

@@ -163,10 +163,9 @@ class VersionService:
             return []
         # The oldest version to keep comes first, read with the ones to remove.
         old = self._all_records(key, before=cut + 1)
-        if old and old[0].version == cut:
-            oldest_kept, old = old[0], old[1:]
-        else:
-            oldest_kept = self.get_record(key, cut)  # raises NotFoundError
+        if not old or old[0].version != cut:
+            raise NotFoundError(f"{key} has no version {cut}")
+        oldest_kept, old = old[0], old[1:]
         remove = [r.version for r in old if r.label is None]
         if not remove:
             return []

@@ -541,12 +541,8 @@ class SQLStorage:
                     stored.label,
                     stored.schema_version,
                     stored.idempotency_key,
-                    None if patch is None else patch.decode(),
-                    body
-                    if snapshot is prepared.body
-                    else None
-                    if snapshot is None
-                    else snapshot.decode(),
+                    _text(patch),
+                    body if snapshot is prepared.body else _text(snapshot),
                 ),
             )
             self._notify_change(conn, key, stored.version, stored.device_id)
@@ -1049,6 +1045,10 @@ class _HeldWriter:
         conn.close()
 
 
+def _text(encoded: bytes | None) -> str | None:
+    return None if encoded is None else encoded.decode()
+
+
 def _driver(conn: Connection) -> sqlite3.Connection:
     """The sqlite3 connection under a SQLite *conn*."""
     return cast(sqlite3.Connection, conn.connection.driver_connection)
@@ -1187,12 +1187,14 @@ def _enter_wal_mode(connection: sqlite3.Connection, busy_timeout: float) -> None
 
 
 def _is_busy(exc: BaseException) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)  # an extended code: SQLITE_BUSY_*
-    return (
-        isinstance(exc, sqlite3.OperationalError)
-        and isinstance(code, int)
-        and (code & 0xFF == sqlite3.SQLITE_BUSY)
-    )
+    return _sqlite_code(exc) == sqlite3.SQLITE_BUSY
+
+
+def _sqlite_code(exc: BaseException) -> int | None:
+    """The primary result code of a sqlite3 error (its extended code, SQLITE_BUSY_*,
+    without the detail), or ``None``."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(exc, sqlite3.Error) and isinstance(code, int) else None
 
 
 # -- error translation --------------------------------------------------------------------
@@ -1274,8 +1276,8 @@ def _classify(exc: BaseException) -> tuple[_Kind, str]:
     elif isinstance(exc, UnicodeError):
         kind, reason = "invalid", "text that is not valid Unicode"
     elif isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        kind = _SQLITE_KINDS.get(code & 0xFF, "other") if isinstance(code, int) else "other"
+        code = _sqlite_code(exc)
+        kind = "other" if code is None else _SQLITE_KINDS.get(code, "other")
         if kind == "other" and _is_missing_table(exc):
             kind = "corrupt"
         # SQLite's messages name tables and columns, never values.
