@@ -180,6 +180,21 @@ def test_retention_keeps_the_newest_versions_and_labelled_ones(storage: Storage)
     assert pm.verify("alice").ok
 
 
+def test_retention_refuses_to_trim_when_the_oldest_version_to_keep_is_gone(
+    storage: Storage,
+) -> None:
+    pm = manager_for(storage, keyframe_interval=2)
+    for revision in range(1, 7):
+        pm.save_layout("alice", board(revision))
+    keyframe = board(4).model_dump(mode="json")
+    storage.compact(DocumentKey("alice"), remove=[3], snapshots={4: keyframe})
+
+    with pytest.raises(NotFoundError, match="no version 3"):
+        pm.cleanup_old_versions("alice", keep=4)
+
+    assert [v.version for v in pm.get_version_history("alice")] == [6, 5, 4, 2, 1]
+
+
 def test_cleanup_old_versions_removes_all_but_the_newest(storage: Storage) -> None:
     pm = manager_for(storage, keyframe_interval=3)
     for revision in range(1, 9):

@@ -10,7 +10,7 @@ import pytest
 
 from dashpersist import Layout, MemoryStorage, PersistenceConfig, PersistenceManager
 from dashpersist.housekeeping import Housekeeper
-from dashpersist.storage.protocol import DocumentKey
+from dashpersist.storage.protocol import DocumentKey, VersionRecord
 
 A, B = DocumentKey("alice"), DocumentKey("bob")
 
@@ -168,3 +168,54 @@ def test_an_idle_thread_ends_and_the_next_request_starts_another(
     assert not workers[0].is_alive()
     assert workers[1] is not workers[0] and workers[1] is not threading.current_thread()
     keeper.close()
+
+
+def test_without_a_thread_to_start_a_task_runs_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    keeper = Housekeeper(start_thread=True)
+    ran: list[str] = []
+
+    keeper.submit(A, lambda: ran.append("a"))
+
+    assert ran == ["a"]
+    keeper.close()
+
+
+class _HeldTrimReads(MemoryStorage):
+    """A real MemoryStorage whose history reads on the housekeeping thread wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = threading.Event()
+        self.release = threading.Event()
+
+    def versions(self, key: DocumentKey, **page: Any) -> list[VersionRecord]:
+        if threading.current_thread().name == "dashpersist-housekeeping":
+            self.reading.set()
+            self.release.wait(5)
+        return super().versions(key, **page)
+
+
+def test_a_trim_skips_a_document_deleted_and_created_again_meanwhile() -> None:
+    storage = _HeldTrimReads()
+    config = PersistenceConfig(max_versions=2, keyframe_interval=2)
+    pm = PersistenceManager(storage, config=config)
+    other = PersistenceManager(storage, config=config, start_threads=False)
+    for n in range(1, 5):  # version 4 asks for a trim
+        pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True)
+    assert storage.reading.wait(5)
+
+    # Another manager deletes the document and writes three new versions meanwhile.
+    other.delete_layout("alice")
+    for n in range(1, 4):
+        other.save_layout("alice", Layout(theme=f"new {n}"), immediate=True)
+    storage.release.set()
+    pm.flush()  # waits for the trim
+
+    # Counted from version 4, the trim would have left only version 3 of the new history.
+    assert [v.version for v in other.get_version_history("alice")] == [3, 2, 1]
+    pm.close()
+    other.close()

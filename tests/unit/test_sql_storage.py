@@ -945,3 +945,18 @@ def test_a_borrower_that_closes_or_invalidates_the_write_connection_leaves_write
         assert tables.fetchall() == ([("side",)] if how == "close" else [])
     store.close()
     assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_a_kept_write_connection_that_broke_is_discarded_and_writes_go_on(
+    store: SQLStorage,
+) -> None:
+    store.write(KEY, {"a": 1}, expected_version=None)
+    with store.borrowed_connection(write=True) as conn:
+        conn.exec_driver_sql("CREATE TABLE side (n INTEGER)")
+        conn.connection.driver_connection.close()  # type: ignore[union-attr]  # broken
+
+    assert store.write(KEY, {"a": 2}, expected_version=1) == 2
+    stored = store.read(KEY)
+    assert stored is not None and stored.document == {"a": 2}
+    store.close()
+    assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]

@@ -714,3 +714,20 @@ def test_a_subclass_of_layout_does_not_inherit_the_shell_reuse() -> None:
     tagged.tags.append("b" * 10)
 
     assert validator.check_json(tagged)["tags"] == ["a", "b" * 10]
+
+
+def test_a_layout_model_whose_widgets_pass_the_byte_limit_is_refused() -> None:
+    layout = _layout_model(widgets=12)
+    size = len(canonical_json(Validator().check_json(layout)))
+
+    assert Validator(Limits(max_document_bytes=size + 50)).check_json(layout)
+    with pytest.raises(PayloadTooLargeError, match="max_document_bytes"):
+        Validator(Limits(max_document_bytes=size - 100)).check_json(layout)
+
+
+def test_canonical_refuses_a_shell_json_cannot_hold_like_canonical_json() -> None:
+    validator = Validator()
+    output = validator.check_json(_layout_model())
+
+    with pytest.raises(ValidationError, match="not representable as JSON"):
+        validator.canonical({**output, "metadata": {"tags": {"a", "b"}}})
