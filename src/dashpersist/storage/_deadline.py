@@ -16,6 +16,10 @@ outbox. The pool's pre-ping runs inside the watched window too (SQLAlchemy's own
 
 One daemon thread serves every engine in the process; it runs while an engine is
 attached or a connection is watched, and ends when the last engine is disposed.
+
+The watchdog's lock is reentrant, and everything that can run inside it is safe to
+re-enter: a connection checked in by the garbage collector, or an engine's finalizer,
+can run in the middle of any allocation, on a thread that already holds the lock.
 """
 
 from __future__ import annotations
@@ -76,7 +80,10 @@ class _Watchdog:
     """Cut the sockets of connections checked out past their deadline, in one thread."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: unwatch() and detach() run from the garbage collector (a checked-out
+        # connection collected, an engine's finalizer), which can interrupt a thread
+        # holding the lock. With a plain Lock that thread would wait for itself forever.
+        self._lock = threading.RLock()
         self._wakeup = threading.Condition(self._lock)
         self._watches: dict[int, _Watch] = {}
         self._engines: set[int] = set()
@@ -97,13 +104,17 @@ class _Watchdog:
             self._engines.add(engine_id)
             self._start()
 
-    def detach(self, engine_id: int) -> None:
-        """Forget an engine; when nothing is left to watch, stop the thread and wait for it."""
+    def detach(self, engine_id: int, *, wait: bool = True) -> None:
+        """Forget an engine; when nothing is left to watch, stop the thread.
+
+        With *wait*, also wait for the thread to end. The engine's finalizer does not wait:
+        it can run inside a section holding the lock, which the thread needs to end.
+        """
         with self._lock:
             self._engines.discard(engine_id)
             thread = self._thread if self._is_idle() else None
             self._wakeup.notify()
-        if thread is not None and thread is not threading.current_thread():
+        if wait and thread is not None and thread is not threading.current_thread():
             thread.join(_JOIN_TIMEOUT)
 
     def watch(
@@ -131,7 +142,7 @@ class _Watchdog:
     def forget_after_fork(self) -> None:
         """Reset in a forked child: the thread did not survive the fork, the watches are
         the parent's."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._wakeup = threading.Condition(self._lock)
         for watch in self._watches.values():
             os.close(watch.descriptor)
@@ -152,14 +163,17 @@ class _Watchdog:
         while True:
             with self._lock:
                 now = time.monotonic()
-                expired = [key for key, w in self._watches.items() if w.expires_at <= now]
-                due = [self._watches.pop(key) for key in expired]
+                # Iterate over a copy (dict.copy() allocates nothing the collector tracks
+                # while copying): a collection in the loop can unwatch a connection.
+                watches = self._watches.copy()
+                expired = [key for key, w in watches.items() if w.expires_at <= now]
+                due = [w for key in expired if (w := self._watches.pop(key, None)) is not None]
                 if not due:
                     if self._is_idle():
                         self._thread = None
                         return
                     self._next_check = min(
-                        (w.expires_at for w in self._watches.values()), default=math.inf
+                        (w.expires_at for w in watches.values()), default=math.inf
                     )
                     wait = None if self._next_check == math.inf else self._next_check - now
                     self._wakeup.wait(wait)
@@ -281,7 +295,7 @@ def enforce_operation_timeout(engine: Engine, seconds: float) -> None:
     event.listen(engine, "invalidate", on_invalidate)
     event.listen(engine, "engine_disposed", on_disposed)
     _WATCHDOG.attach(engine_id)
-    weakref.finalize(engine, _WATCHDOG.detach, engine_id).atexit = False
+    weakref.finalize(engine, _WATCHDOG.detach, engine_id, wait=False).atexit = False
 
 
 def watchdog_thread() -> threading.Thread | None:

@@ -1,0 +1,89 @@
+"""The operation-deadline watchdog when the garbage collector runs inside it.
+
+SQLAlchemy checks in a connection whose owner was collected, and an engine's finalizer
+detaches it from the watchdog: both run from the collector, which can start inside any
+allocation, including one made while the watchdog's lock is held. CI once hung for five
+minutes on exactly that (`test_a_manager_started_during_an_outage_...`): the finalizer
+waited for a lock its own thread held. These tests run real collections inside the
+locked section, so they hang, and time out, on a non-reentrant lock.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from dashpersist.storage._deadline import _Watchdog
+
+pytestmark = pytest.mark.timeout(30)
+
+ENGINE = 1
+CONNECTION = 7
+
+
+class _Cycle:
+    """Garbage only the cyclic collector frees: its finalizer runs inside `gc.collect()`."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def _collected_calls(*calls: Callable[[], None]) -> None:
+    for call in calls:
+        weakref.finalize(_Cycle(), call)
+
+
+def _in_a_thread(target: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(10)
+    return thread
+
+
+@pytest.fixture
+def watchdog() -> Iterator[_Watchdog]:
+    dog = _Watchdog()
+    yield dog
+    dog.detach(ENGINE)  # and stop its thread, whatever a test left behind
+
+
+@pytest.fixture
+def gc_enabled() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.enable()
+    yield
+    if not was_enabled:
+        gc.disable()
+
+
+def test_a_collection_inside_the_lock_can_unwatch_and_detach(
+    watchdog: _Watchdog, gc_enabled: None
+) -> None:
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    watchdog.watch(CONNECTION, read_end, engine_id=ENGINE, timeout=60.0, where="test")
+    thread = watchdog.thread
+    _collected_calls(
+        lambda: watchdog.unwatch(CONNECTION),
+        lambda: watchdog.detach(ENGINE, wait=False),
+    )
+
+    def collect_holding_the_lock() -> None:
+        with watchdog._lock:  # a thread inside the watchdog when the collector starts
+            gc.collect()
+
+    collector = _in_a_thread(collect_holding_the_lock)
+    assert thread is not None
+    thread.join(10)
+
+    assert not collector.is_alive()
+    assert watchdog.watched() == 0
+    assert not thread.is_alive() and watchdog.thread is None
+    with pytest.raises(OSError):
+        os.fstat(read_end)  # the duplicate descriptor was closed by the unwatch
+
