@@ -84,6 +84,6 @@ def test_a_collection_inside_the_lock_can_unwatch_and_detach(
     assert not collector.is_alive()
     assert watchdog.watched() == 0
     assert not thread.is_alive() and watchdog.thread is None
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(read_end)  # the duplicate descriptor was closed by the unwatch
 
