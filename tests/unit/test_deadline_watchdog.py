@@ -86,4 +86,3 @@ def test_a_collection_inside_the_lock_can_unwatch_and_detach(
     assert not thread.is_alive() and watchdog.thread is None
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(read_end)  # the duplicate descriptor was closed by the unwatch
-
