@@ -7,6 +7,7 @@ holding plain JSON; pydantic models stop at the facade.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -32,13 +33,16 @@ __all__ = [
 MAX_ID_LENGTH = 256
 """Longest user or layout id any backend accepts (characters)."""
 
+_BAD_ID_CHARACTER = re.compile("[\x00-\x1f\ud800-\udfff]")
+"""A control character or a lone surrogate (a regex: every key of every call is checked)."""
+
 
 def _id_problem(value: object) -> tuple[str, str] | None:
     if not isinstance(value, str):
         return "string_type", f"must be a str, not {type(value).__name__}"
     if not value or len(value) > MAX_ID_LENGTH:
         return "id_length", f"must have 1 to {MAX_ID_LENGTH} characters"
-    if any(ord(ch) < 0x20 or 0xD800 <= ord(ch) <= 0xDFFF for ch in value):
+    if _BAD_ID_CHARACTER.search(value):
         return "id_characters", "must not contain control characters or lone surrogates"
     return None
 
