@@ -309,6 +309,7 @@ class PersistenceManager(Generic[DocT]):
         """
         self._check_open()
         key = _key(user_id, layout_id)
+        queued = not immediate and self._config.auto_save
         pending = PendingSave(
             self._codec.validate(layout),
             change_type,
@@ -317,9 +318,10 @@ class PersistenceManager(Generic[DocT]):
             next(self._sequence),
             base_version=base_version,
             client_id=client_id,
+            queued=queued,
         )
-        if not immediate and self._config.auto_save:
-            self._autosave.put((key, client_id), replace(pending, queued=True))
+        if queued:
+            self._autosave.put((key, client_id), pending)
             self._emit("queued", key, None)
             return SaveResult(success=True, version=None, source="queued")
         # Newer than anything this client queued for the document: it supersedes that.
@@ -501,12 +503,13 @@ class PersistenceManager(Generic[DocT]):
                 None,
                 None,
                 next(self._sequence),
+                queued=not immediate,
                 journal_through=applied.change_id,
             )
             if immediate:
                 self._autosave.discard((key, None))
             else:
-                self._autosave.put((key, None), replace(pending, queued=True))
+                self._autosave.put((key, None), pending)
                 self._emit("queued", key, None)
             model = produced[-1] if produced else self._codec.to_model(view)
             self._view_models[key] = (view, model)
