@@ -87,9 +87,16 @@ def register_cache(storage: object, cache: ReadCache[Any]) -> None:
         _REGISTRY.setdefault(id(storage), weakref.WeakSet()).add(cache)
 
 
-def invalidate_everywhere(storage: object, key: DocumentKey) -> None:
-    """Drop *key* from every cache registered for *storage*."""
+def invalidate_everywhere(
+    storage: object, key: DocumentKey, *, besides: ReadCache[Any] | None = None
+) -> None:
+    """Drop *key* from every cache registered for *storage*, but *besides* (a writer's
+    own cache, which it updates itself)."""
     with _REGISTRY_LOCK:
-        caches = list(_REGISTRY.get(id(storage), ()))
+        registered = _REGISTRY.get(id(storage))
+        if not registered:
+            return
+        caches = list(registered)
     for cache in caches:
-        cache.invalidate(key)
+        if cache is not besides:
+            cache.invalidate(key)

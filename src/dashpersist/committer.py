@@ -153,7 +153,7 @@ class Committer(Generic[DocT]):
             updated_at=record.created_at,
             schema_version=record.schema_version,
         )
-        invalidate_everywhere(self._storage, key)
+        invalidate_everywhere(self._storage, key, besides=self._cache)
         self._cache.put(key, CachedDocument(stored))
         return version
 

@@ -356,6 +356,24 @@ def test_a_cached_load_does_not_touch_the_storage(make_manager: ManagerFactory) 
     assert storage.calls.get("read", 0) == reads_after_save
 
 
+def test_a_save_refreshes_the_cache_of_every_manager_on_the_storage(
+    make_manager: ManagerFactory,
+) -> None:
+    storage = FaultyStorage(MemoryStorage())
+    writer = make_manager(storage, config=DIRECT)
+    reader = make_manager(storage, config=DIRECT)
+    writer.save_layout("alice", sample("first"))
+    assert reader.load_layout("alice") == sample("first")  # now in the reader's cache
+    reads = storage.calls.get("read", 0)
+
+    writer.save_layout("alice", sample("second"))
+    by_reader = reader.load_layout("alice")
+    by_writer = writer.load_layout("alice")
+
+    assert by_reader == by_writer == sample("second")
+    assert storage.calls.get("read", 0) == reads + 1  # the reader's: the writer's is cached
+
+
 def test_a_failed_write_leaves_no_stale_cache_entry(make_manager: ManagerFactory) -> None:
     storage = FaultyStorage(
         MemoryStorage(), fail_on="write", times=1, error=lambda: StorageUnavailableError("gone")
