@@ -67,6 +67,11 @@ class EventBus:
 
         return unsubscribe
 
+    @property
+    def has_subscribers(self) -> bool:
+        """Whether anyone listens (an emitter may skip building an event otherwise)."""
+        return bool(self._subscribers)
+
     def emit(self, event: ChangeEvent) -> None:
         """Deliver *event* to every subscriber."""
         with self._lock:

@@ -1177,9 +1177,10 @@ class PersistenceManager(Generic[DocT]):
         *,
         error: Exception | None = None,
     ) -> None:
-        self._events.emit(
-            ChangeEvent(kind, key.user_id, key.layout_id, version, self._device_id, error=error)
-        )
+        if self._events.has_subscribers:  # no event to build for nobody
+            self._events.emit(
+                ChangeEvent(kind, key.user_id, key.layout_id, version, self._device_id, error=error)
+            )
 
     def _upgraded_version(self, key: DocumentKey, version: int) -> JsonObject:
         self._housekeeper.wait(key)

@@ -37,6 +37,7 @@ import typing
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import compress, count, repeat
 from typing import Generic, NoReturn, TypeAlias, TypeVar, cast, overload
 
 import nh3
@@ -904,7 +905,7 @@ class Validator(Generic[ModelT]):
             found = [None] * len(models)
         if None not in found:  # identity comparisons only: _CheckedModel has no __eq__
             return cast(list[_CheckedModel], found)
-        missing = [index for index, hit in enumerate(found) if hit is None]
+        missing = list(compress(count(), map(operator.is_, found, repeat(None))))
         # One dump for every new item: a dump call per item costs several times more.
         dumped = cast(
             list[JsonValue],
