@@ -9,9 +9,11 @@ stores its history record, and history is trimmed to ``max_versions``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -47,6 +49,10 @@ writers racing for one document fall out of step."""
 
 def _run_now(key: DocumentKey, task: Callable[[], None]) -> None:
     task()
+
+
+def _no_lock(key: DocumentKey) -> AbstractContextManager[object]:
+    return contextlib.nullcontext()
 
 
 class LostRace(Exception):  # noqa: N818 - internal signal, never escapes the manager
@@ -96,9 +102,11 @@ class Committer(Generic[DocT]):
         clock: Callable[[], datetime],
         sleep: Callable[[float], None],
         housekeeping: Callable[[DocumentKey, Callable[[], None]], None] | None = None,
+        document_lock: Callable[[DocumentKey], AbstractContextManager[object]] | None = None,
     ) -> None:
         self._storage = storage
         self._housekeeping = housekeeping or _run_now
+        self._document_lock = document_lock or _no_lock
         self._versions = versions
         self._codec = codec
         self._resolver = resolver
@@ -304,12 +312,29 @@ class Committer(Generic[DocT]):
     def _trim(self, key: DocumentKey, keep: int, version: int, digest: str) -> None:
         """Trim *key*'s history below the *keep* versions up to *version*, which this
         committer wrote with *digest*: the cut then falls on a keyframe, however many
-        versions were written since the trim was asked for."""
+        versions were written since the trim was asked for.
+
+        Reading the history to trim is most of the work, and only reads, so it runs
+        without the document's lock: the next save need not wait for it. The check that
+        *version* is still ours and the deletion hold the lock. A plan that stores
+        keyframes (rare: a labelled version, or a cut off the keyframe grid) is made
+        again under the lock, so that what it stores is read while this manager changes
+        nothing in the document's history.
+        """
         try:
-            written = self.retry(lambda: self._versions.get_record(key, version))
-            if written.checksum != digest:
-                return  # deleted and created again since: a later write trims that history
-            self.retry(lambda: self._versions.apply_retention(key, keep=keep, newest=version))
+            plan = self.retry(lambda: self._versions.plan_retention(key, keep=keep, newest=version))
+            if plan is None:
+                return
+            with self._document_lock(key):
+                written = self.retry(lambda: self._versions.get_record(key, version))
+                if written.checksum != digest:
+                    return  # deleted and created again since: a later write trims that
+                if plan.snapshots:
+                    plan = self.retry(
+                        lambda: self._versions.plan_retention(key, keep=keep, newest=version)
+                    )
+                if plan is not None:
+                    self.retry(lambda: self._versions.carry_out(key, plan))
         except NotFoundError:
             return  # the same
         except DashPersistError:

@@ -28,8 +28,8 @@ IDLE_SECONDS = 10.0
 class Housekeeper:
     """Run each document's housekeeping on one background thread, in the order asked.
 
-    One task per document waits at a time: a trim reads the history when it runs, so it
-    covers every request for that document made before it starts. `wait` returns when
+    One task per document waits at a time: a newer request replaces one still waiting
+    (a trim asked for after a later save covers what an earlier one would do). `wait` returns when
     what was asked for a document (or for all) is done; `close` runs what is left and
     stops the thread, which also ends after `IDLE_SECONDS` without work. Without the
     thread (``start_thread=False``, after `close`, at interpreter exit, in a forked
@@ -54,7 +54,7 @@ class Housekeeper:
                 self._pending, self._running, self._thread = {}, None, None
                 self._pid = os.getpid()
             if self._threaded and not self._closed and self._has_thread():
-                self._pending.setdefault(key, task)
+                self._pending[key] = task  # keeps its turn, does the newest work
                 self._changed.notify_all()
                 return
         task()

@@ -191,7 +191,8 @@ class PersistenceManager(Generic[DocT]):
             device_id=device_id,
             clock=self._clock,
             sleep=sleep,
-            housekeeping=self._housekeep,
+            housekeeping=self._housekeeper.submit,
+            document_lock=self._lock_for,
         )
         self._bases = self._committer.bases
         self._key_locks: dict[DocumentKey, threading.RLock] = {}
@@ -919,17 +920,6 @@ class PersistenceManager(Generic[DocT]):
     def _check_open(self) -> None:
         if self._closed:
             raise ManagerClosedError("this PersistenceManager is closed")
-
-    def _housekeep(self, key: DocumentKey, task: Callable[[], None]) -> None:
-        """Have *task* (a history trim) run after this save, holding the document's lock
-        as it did in the save: it never interleaves with this manager's other work on
-        the document."""
-
-        def locked() -> None:
-            with self._lock_for(key):
-                task()
-
-        self._housekeeper.submit(key, locked)
 
     def _lock_for(self, key: DocumentKey) -> threading.RLock:
         with self._locks_guard:

@@ -19,7 +19,7 @@ from dashpersist.patch import apply_patch, make_patch
 from dashpersist.storage.protocol import DocumentKey, Storage, StoredDocument, VersionRecord
 from dashpersist.types import ChangeType, JsonObject
 
-__all__ = ["IntegrityProblem", "IntegrityReport", "VersionService"]
+__all__ = ["IntegrityProblem", "IntegrityReport", "RetentionPlan", "VersionService"]
 
 _PAGE = 500
 
@@ -46,6 +46,15 @@ class IntegrityReport:
     def ok(self) -> bool:
         """Whether every checksum and chain link matched."""
         return not self.problems
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPlan:
+    """What a retention run does: the versions to delete, and the documents to store
+    first as the snapshots of the versions that become keyframes."""
+
+    remove: list[int]
+    snapshots: dict[int, JsonObject] = field(default_factory=dict)
 
 
 class VersionService:
@@ -153,14 +162,27 @@ class VersionService:
         caller trimming after its own write, which checked that the version is still
         the one it wrote (a document deleted and created again has lower numbers).
         """
+        plan = self.plan_retention(key, keep=keep, newest=newest)
+        if plan is None:
+            return []
+        self.carry_out(key, plan)
+        return plan.remove
+
+    def plan_retention(
+        self, key: DocumentKey, *, keep: int, newest: int | None = None
+    ) -> RetentionPlan | None:
+        """Work out what `apply_retention` would do, reading only; ``None``: nothing.
+
+        Raises `NotFoundError` when the oldest version to keep is not in history.
+        """
         if newest is None:
             latest = self._storage.versions(key, limit=1)
             if not latest:
-                return []
+                return None
             newest = latest[0].version
         cut = newest - keep + 1
         if cut <= 1:
-            return []
+            return None
         # The oldest version to keep comes first, read with the ones to remove.
         old = self._all_records(key, before=cut + 1)
         if not old or old[0].version != cut:
@@ -168,13 +190,16 @@ class VersionService:
         oldest_kept, old = old[0], old[1:]
         remove = [r.version for r in old if r.label is None]
         if not remove:
-            return []
+            return None
         bare = [r.version for r in old if r.label is not None and r.snapshot is None]
         if oldest_kept.snapshot is None:
             bare.append(cut)
         snapshots = {version: self.get_document(key, version)[0] for version in bare}
-        self._storage.compact(key, remove=remove, snapshots=snapshots)
-        return remove
+        return RetentionPlan(remove, snapshots)
+
+    def carry_out(self, key: DocumentKey, plan: RetentionPlan) -> None:
+        """Store *plan*'s keyframes, then delete its versions, in one transaction."""
+        self._storage.compact(key, remove=plan.remove, snapshots=plan.snapshots)
 
     def verify(self, key: DocumentKey) -> IntegrityReport:
         """Recompute every version's checksum and the hash chain of *key*'s history.

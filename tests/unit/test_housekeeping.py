@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from dashpersist import Layout, MemoryStorage, PersistenceConfig, PersistenceMan
 from dashpersist.housekeeping import Housekeeper
 from dashpersist.storage.protocol import DocumentKey, VersionRecord
 
-A, B = DocumentKey("alice"), DocumentKey("bob")
+A, B, C = DocumentKey("alice"), DocumentKey("bob"), DocumentKey("carol")
 
 
 def test_without_the_thread_a_task_runs_at_once() -> None:
@@ -49,18 +50,20 @@ def test_a_task_runs_off_the_caller_and_wait_returns_when_it_is_done() -> None:
     keeper.close()
 
 
-def test_requests_for_a_document_waiting_their_turn_run_once() -> None:
+def test_requests_for_a_document_waiting_their_turn_run_once_the_newest() -> None:
     keeper = Housekeeper(start_thread=True)
     release = threading.Event()
     ran: list[str] = []
     keeper.submit(A, lambda: release.wait(5))  # keeps the thread busy
 
-    for _ in range(5):
-        keeper.submit(B, lambda: ran.append("b"))
+    for n in range(5):
+        keeper.submit(B, lambda n=n: ran.append(f"b{n}"))
+    keeper.submit(C, lambda: ran.append("c"))
+    keeper.submit(B, lambda: ran.append("b5"))
     release.set()
     keeper.wait()
 
-    assert ran == ["b"]
+    assert ran == ["b5", "c"]  # B's newest request, in B's turn
     keeper.close()
 
 
@@ -219,3 +222,23 @@ def test_a_trim_skips_a_document_deleted_and_created_again_meanwhile() -> None:
     assert [v.version for v in other.get_version_history("alice")] == [3, 2, 1]
     pm.close()
     other.close()
+
+
+def test_saves_go_on_while_a_trim_reads_and_the_newest_trim_asked_for_runs() -> None:
+    storage = _HeldTrimReads()
+    pm = PersistenceManager(storage, config=PersistenceConfig(max_versions=2, keyframe_interval=2))
+    for n in range(1, 5):  # version 4 asks for a trim, whose first read is held
+        pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True)
+    assert storage.reading.wait(5)
+
+    started = time.monotonic()
+    for n in range(5, 9):  # versions 6 and 8 ask for trims while it reads
+        pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True)
+    saving = time.monotonic() - started
+    storage.release.set()
+    pm.flush()
+
+    assert saving < 2  # no save waited for the held read (5 s)
+    # Trimmed from version 8: the request of version 6 was replaced by the newer one.
+    assert [v.version for v in pm.get_version_history("alice")] == [8, 7]
+    pm.close()
