@@ -13,6 +13,12 @@ to a manager when its read-cache entries expire (``cache_ttl``).
 Notifications are not stored: those sent while a listener is disconnected are lost. A
 listener therefore calls its *on_reconnect* callback each time it is listening again
 after a gap, and the receiver should treat that as "anything may have changed".
+
+A connection that only listens sends nothing, so nothing would notice a server that
+stopped answering (hung, or behind a network that drops everything): the listener would
+wait for good, deaf, while the kernel keeps the socket open. A listener that heard
+nothing for *ping_interval* seconds therefore pings the server; no answer within
+*ping_timeout* seconds counts as a lost connection.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import math
 import secrets
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -33,9 +40,11 @@ from dashpersist.errors import (
     ValidationError,
     ValidationIssue,
 )
+from dashpersist.storage._deadline import socket_deadline
 from dashpersist.storage.protocol import DocumentKey
 
 if TYPE_CHECKING:
+    import psycopg
     from sqlalchemy import Engine
 
 __all__ = [
@@ -157,8 +166,11 @@ class ChangeListener:
     When the connection is lost (the server restarted, the network failed), the listener
     reconnects, waiting *reconnect_delay* seconds and doubling that up to
     *max_reconnect_delay*; once listening again it calls *on_reconnect* (if given), because
-    notifications sent meanwhile were lost. `close` stops it within about *poll_interval*
-    seconds; no callback runs after `close` returns (unless called from a callback).
+    notifications sent meanwhile were lost. After *ping_interval* seconds without a
+    notification it sends ``SELECT 1``; a server that does not answer within
+    *ping_timeout* seconds has its connection cut, which counts as lost. `close` stops
+    it within about *poll_interval* seconds (or the rest of a ping); no callback runs
+    after `close` returns (unless called from a callback).
 
     It satisfies `dashpersist.storage.ChangeNotifier`.
     """
@@ -174,12 +186,16 @@ class ChangeListener:
         reconnect_delay: float = 0.1,
         max_reconnect_delay: float = 5.0,
         poll_interval: float = 0.1,
+        ping_interval: float = 15.0,
+        ping_timeout: float = 10.0,
     ) -> None:
         for name, value in (
             ("connect_timeout", connect_timeout),
             ("reconnect_delay", reconnect_delay),
             ("max_reconnect_delay", max_reconnect_delay),
             ("poll_interval", poll_interval),
+            ("ping_interval", ping_interval),
+            ("ping_timeout", ping_timeout),
         ):
             if not (isinstance(value, int | float) and 0 < value < math.inf):
                 raise ConfigurationError(f"{name} must be a finite number of seconds > 0")
@@ -191,6 +207,8 @@ class ChangeListener:
         self._reconnect_delay = float(reconnect_delay)
         self._max_reconnect_delay = float(max(max_reconnect_delay, reconnect_delay))
         self._poll_interval = float(poll_interval)
+        self._ping_interval = float(ping_interval)
+        self._ping_timeout = float(ping_timeout)
         self._stop = threading.Event()
         self._listening = threading.Event()
         self._thread = threading.Thread(
@@ -233,11 +251,16 @@ class ChangeListener:
                     if had_gap and not self._stop.is_set():
                         self._notify_reconnected()
                     had_gap = True  # from now on, a lost connection is a gap
+                    heard_at = time.monotonic()
                     while not self._stop.is_set():
                         for notification in conn.notifies(timeout=self._poll_interval):
+                            heard_at = time.monotonic()
                             self._deliver(notification.payload)
                             if self._stop.is_set():
                                 break
+                        if time.monotonic() - heard_at >= self._ping_interval:
+                            self._ping(conn)
+                            heard_at = time.monotonic()
             except psycopg.Error as exc:
                 had_gap = True
                 # Names the error class and its first line: a connection error holds no values.
@@ -254,7 +277,24 @@ class ChangeListener:
                 break
             delay = min(delay * 2, self._max_reconnect_delay)
 
+    def _ping(self, conn: psycopg.Connection[Any]) -> None:
+        """Have the server answer within the ping timeout, or cut the connection (the
+        ping then raises). Notifications that arrive during the ping are delivered."""
+        heard: list[psycopg.Notify] = []
+        keep = heard.append
+        conn.add_notify_handler(keep)
+        try:
+            with socket_deadline(conn, self._ping_timeout, where="the change listener's server"):
+                conn.execute("SELECT 1")
+        finally:
+            # notifies() must not run with a handler (psycopg warns: both would get them).
+            conn.remove_notify_handler(keep)
+        for notification in heard:
+            self._deliver(notification.payload)
+
     def _deliver(self, payload: str) -> None:
+        if self._stop.is_set():
+            return  # closed: no callback after close (a ping may have outlasted its wait)
         try:
             change = parse_change(payload)
         except ValidationError as exc:

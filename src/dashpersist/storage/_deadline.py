@@ -32,6 +32,8 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
@@ -47,6 +49,7 @@ __all__ = [
     "DEFAULT_OPERATION_TIMEOUT",
     "OPERATION_TIMEOUT_OPTION",
     "enforce_operation_timeout",
+    "socket_deadline",
     "split_operation_timeout",
     "watchdog_thread",
     "watched_connections",
@@ -118,13 +121,16 @@ class _Watchdog:
             thread.join(_JOIN_TIMEOUT)
 
     def watch(
-        self, key: int, descriptor: int, *, engine_id: int, timeout: float, where: str
+        self, key: int, descriptor: int, *, engine_id: int | None, timeout: float, where: str
     ) -> None:
+        """Cut *descriptor*'s socket after *timeout* seconds unless *key* is unwatched
+        first; the descriptor is the watchdog's to close from now on."""
         expires_at = time.monotonic() + timeout
         with self._lock:
             replaced = self._watches.pop(key, None)
             self._watches[key] = _Watch(descriptor, expires_at, timeout, where)
-            self._engines.add(engine_id)  # again, if the engine was disposed and reused
+            if engine_id is not None:
+                self._engines.add(engine_id)  # again, if the engine was disposed and reused
             self._start()
             if expires_at < self._next_check:
                 self._wakeup.notify()
@@ -210,6 +216,24 @@ def _cut(watch: _Watch) -> None:
 _WATCHDOG = _Watchdog()
 os.register_at_fork(after_in_child=_WATCHDOG.forget_after_fork)
 _engine_ids = itertools.count(1)
+_call_ids = itertools.count(1)
+
+
+@contextmanager
+def socket_deadline(connection: _Socketed, seconds: float, *, where: str) -> Iterator[None]:
+    """Cut *connection*'s socket if the block still runs after *seconds*.
+
+    For one call on a connection outside any pool (a listener's ping): a call blocked
+    on a server that never answers then fails (psycopg raises ``OperationalError``), and
+    the connection is of no further use.
+    """
+    descriptor = os.dup(connection.fileno())
+    key = -next(_call_ids)  # never the id() of a pool record, which is positive
+    _WATCHDOG.watch(key, descriptor, engine_id=None, timeout=seconds, where=where)
+    try:
+        yield
+    finally:
+        _WATCHDOG.unwatch(key)
 
 
 def split_operation_timeout(url: URL) -> tuple[URL, float]:
