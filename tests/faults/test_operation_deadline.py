@@ -189,3 +189,39 @@ def test_the_option_is_not_passed_on_to_the_driver(
     query = dict(storage.engine.url.query)
 
     assert query == {}
+
+
+def test_waiting_longer_than_the_deadline_for_another_schema_upgrade_is_not_cut(
+    postgres_url: str, proxied_url: str
+) -> None:
+    """Opening a fresh database waits on the lock of a process upgrading it: slow work
+    that the deadline (for stuck calls) must leave alone."""
+    from sqlalchemy import create_engine
+
+    from dashpersist.storage.sql import _SCHEMA_LOCK_ID
+
+    upgrader = create_engine(postgres_url)  # another process, mid-upgrade
+    opened: list[SQLStorage] = []
+    failed: list[BaseException] = []
+
+    def open_storage() -> None:
+        try:
+            opened.append(SQLStorage(f"{proxied_url}?operation_timeout={DEADLINE}"))
+        except BaseException as exc:  # reported below
+            failed.append(exc)
+
+    with upgrader.connect() as conn:
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_ID,))
+        opener = threading.Thread(target=open_storage)
+        opener.start()
+        time.sleep(2.5 * DEADLINE)  # the opener waits on the lock all along
+        still_waiting = opener.is_alive()
+        conn.rollback()  # the "upgrade" ends without creating anything
+    opener.join(30)
+    upgrader.dispose()
+
+    assert still_waiting
+    assert not failed, failed
+    (storage,) = opened
+    storage.write(DocumentKey("alice"), {"widgets": []}, expected_version=None)
+    storage.close()

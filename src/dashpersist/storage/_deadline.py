@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_OPERATION_TIMEOUT",
     "OPERATION_TIMEOUT_OPTION",
     "enforce_operation_timeout",
+    "lift_deadline",
     "socket_deadline",
     "split_operation_timeout",
     "watchdog_thread",
@@ -61,6 +62,7 @@ DEFAULT_OPERATION_TIMEOUT: Final = 30.0
 """Seconds one storage call may keep a PostgreSQL connection checked out."""
 
 _FRESH: Final = "dashpersist_fresh_connection"
+_WATCH_KEY: Final = "dashpersist_watch_key"
 _THREAD_NAME: Final = "dashpersist-operation-deadline"
 _JOIN_TIMEOUT: Final = 5.0
 _LOG = logging.getLogger(__name__)
@@ -285,6 +287,7 @@ def enforce_operation_timeout(engine: Engine, seconds: float) -> None:
             # No socket: the driver closed the connection. The pool replaces it.
             raise sa_exc.DisconnectionError() from exc
         _WATCHDOG.watch(id(record), descriptor, engine_id=engine_id, timeout=seconds, where=where)
+        record.info[_WATCH_KEY] = id(record)
         if record.info.pop(_FRESH, False):
             return  # connected just now: nothing to ping
         try:
@@ -320,6 +323,18 @@ def enforce_operation_timeout(engine: Engine, seconds: float) -> None:
     event.listen(engine, "engine_disposed", on_disposed)
     _WATCHDOG.attach(engine_id)
     weakref.finalize(engine, _WATCHDOG.detach, engine_id, wait=False).atexit = False
+
+
+def lift_deadline(connection: Connection) -> None:
+    """Stop watching *connection* for the rest of its checkout.
+
+    For work that may rightly take long, such as a schema upgrade (or the wait for
+    another process's upgrade, on its lock). Nothing happens on an engine without a
+    deadline. The next checkout is watched again.
+    """
+    key = connection.connection.info.pop(_WATCH_KEY, None)
+    if key is not None:
+        _WATCHDOG.unwatch(key)
 
 
 def watchdog_thread() -> threading.Thread | None:

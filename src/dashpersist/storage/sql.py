@@ -48,7 +48,11 @@ from dashpersist.errors import (
     ValidationIssue,
 )
 from dashpersist.notify import CHANNEL, encode_change, new_origin
-from dashpersist.storage._deadline import enforce_operation_timeout, split_operation_timeout
+from dashpersist.storage._deadline import (
+    enforce_operation_timeout,
+    lift_deadline,
+    split_operation_timeout,
+)
 from dashpersist.storage.migrations import (
     HEAD_REVISION,
     KNOWN_REVISIONS,
@@ -573,6 +577,9 @@ class SQLStorage:
             self._translated(key=None, action="upgrading the schema"),
             self._write_connection() as conn,
         ):
+            # An upgrade (or the wait for another process's) may take longer than the
+            # operation deadline, which is for stuck calls, not slow work.
+            lift_deadline(conn)
             self._begin_write(conn)
             if not self._is_sqlite:
                 # Transaction-scoped: released by the commit or the rollback below.
