@@ -397,7 +397,7 @@ class PersistenceManager(Generic[DocT]):
                 self._retry(lambda: self._storage.delete(key))
             finally:
                 invalidate_everywhere(self._storage, key)
-                self._bases.pop(key, None)
+                self._committer.forget(key)
         self._emit("deleted", key, None)
         self._record("deleted", key, None, None)
 

@@ -12,6 +12,7 @@ import pytest
 from dashpersist import Layout, MemoryStorage, PersistenceConfig, PersistenceManager
 from dashpersist.housekeeping import Housekeeper
 from dashpersist.storage.protocol import DocumentKey, VersionRecord
+from dashpersist.testing import FaultyStorage
 
 A, B, C = DocumentKey("alice"), DocumentKey("bob"), DocumentKey("carol")
 
@@ -241,4 +242,90 @@ def test_saves_go_on_while_a_trim_reads_and_the_newest_trim_asked_for_runs() -> 
     assert saving < 2  # no save waited for the held read (5 s)
     # Trimmed from version 8: the request of version 6 was replaced by the newer one.
     assert [v.version for v in pm.get_version_history("alice")] == [8, 7]
+    pm.close()
+
+
+class _HeldAfterPlanning(MemoryStorage):
+    """A real MemoryStorage that holds the housekeeping thread once a trim has read the
+    history it plans from, before the trim takes the document's lock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.planned = threading.Event()
+        self.release = threading.Event()
+
+    def versions(self, key: DocumentKey, **page: Any) -> list[VersionRecord]:
+        records = super().versions(key, **page)
+        on_thread = threading.current_thread().name == "dashpersist-housekeeping"
+        if on_thread and not self.planned.is_set() and page.get("limit", 0) > 1:
+            self.planned.set()
+            self.release.wait(5)
+        return records
+
+
+def _history(pm: PersistenceManager[Layout]) -> list[tuple[int, str | None]]:
+    return [(v.version, v.label) for v in pm.get_version_history("alice")]
+
+
+def test_a_trim_planned_before_a_delete_leaves_the_new_history_alone() -> None:
+    storage = _HeldAfterPlanning()
+    pm = PersistenceManager(storage, config=PersistenceConfig(max_versions=2, keyframe_interval=2))
+    for n in range(1, 5):  # version 4 asks for a trim, held once it has planned
+        pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True)
+    assert storage.planned.wait(5)
+
+    # Deleted and written again to the same content, but with version 2 labelled: the
+    # plan (remove 1 and 2) knows nothing of it, and version 4 has the same checksum.
+    pm.delete_layout("alice")
+    for n in range(1, 5):
+        label = "keep me" if n == 2 else None
+        pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True, label=label)
+    storage.release.set()
+    pm.flush()
+
+    assert (2, "keep me") in _history(pm)
+    assert pm.verify("alice").ok
+    pm.close()
+
+
+def test_a_trim_planned_before_another_writer_recreated_the_document_is_dropped() -> None:
+    storage = _HeldAfterPlanning()
+    pm = PersistenceManager(storage, config=PersistenceConfig(max_versions=2, keyframe_interval=2))
+    other = PersistenceManager(storage, start_threads=False)  # keeps all its versions
+    for n in range(1, 5):
+        pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True)
+    assert storage.planned.wait(5)
+
+    other.delete_layout("alice")  # another writer: this manager sees no deletion
+    for n in range(1, 6):
+        label = "keep me" if n == 2 else None
+        other.save_layout("alice", Layout(theme=f"new {n}"), immediate=True, label=label)
+    storage.release.set()
+    pm.flush()
+
+    # Version 4 now has another checksum: the stale plan is not carried out.
+    assert _history(other) == [(5, None), (4, None), (3, None), (2, "keep me"), (1, None)]
+    pm.close()
+    other.close()
+
+
+def test_a_trim_the_store_refuses_is_logged_and_the_next_one_catches_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    storage = FaultyStorage(MemoryStorage(), fail_on="compact", times=1)
+    config = PersistenceConfig(max_versions=2, keyframe_interval=2, retry_attempts=1)
+    pm = PersistenceManager(storage, config=config)
+    with caplog.at_level(logging.WARNING, logger="dashpersist.committer"):
+        for n in range(1, 5):  # version 4's trim fails
+            result = pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True)
+        pm.flush()
+    after_failure = [version for version, _ in _history(pm)]
+    for n in range(5, 7):  # version 6's trim succeeds
+        pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True)
+    pm.flush()
+
+    assert result.version == 4 and result.source == "storage"  # the save is unaffected
+    assert "could not trim the history" in caplog.text
+    assert after_failure == [4, 3, 2, 1]
+    assert [version for version, _ in _history(pm)] == [6, 5]
     pm.close()
