@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -64,8 +65,7 @@ def gc_enabled() -> Iterator[None]:
 def test_a_collection_inside_the_lock_can_unwatch_and_detach(
     watchdog: _Watchdog, gc_enabled: None
 ) -> None:
-    read_end, write_end = os.pipe()
-    os.close(write_end)
+    read_end, write_end = os.pipe()  # the watchdog holds the only read end
     watchdog.watch(CONNECTION, read_end, engine_id=ENGINE, timeout=60.0, where="test")
     thread = watchdog.thread
     _collected_calls(
@@ -84,5 +84,26 @@ def test_a_collection_inside_the_lock_can_unwatch_and_detach(
     assert not collector.is_alive()
     assert watchdog.watched() == 0
     assert not thread.is_alive() and watchdog.thread is None
-    with pytest.raises(OSError, match="Bad file descriptor"):
-        os.fstat(read_end)  # the duplicate descriptor was closed by the unwatch
+    # The unwatch closed the read end: a write finds nobody to read it (whatever
+    # reuses that descriptor number since).
+    with pytest.raises(BrokenPipeError):
+        os.write(write_end, b"x")
+    os.close(write_end)
+
+
+def test_the_thread_ends_even_if_the_last_detach_finds_it_not_yet_waiting(
+    watchdog: _Watchdog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dashpersist.storage._deadline._RECHECK_SECONDS", 0.05)
+    watchdog.attach(ENGINE)
+    thread = watchdog.thread
+    time.sleep(0.1)  # waiting, with an engine and nothing to watch
+
+    # What a finalizer run by a collection between the thread's idle check and its
+    # wait leaves behind: the engine gone, and a notify() that reached nobody.
+    with watchdog._lock:
+        watchdog._engines.discard(ENGINE)
+    assert thread is not None
+    thread.join(5)
+
+    assert not thread.is_alive() and watchdog.thread is None

@@ -65,6 +65,8 @@ _FRESH: Final = "dashpersist_fresh_connection"
 _WATCH_KEY: Final = "dashpersist_watch_key"
 _THREAD_NAME: Final = "dashpersist-operation-deadline"
 _JOIN_TIMEOUT: Final = 5.0
+_RECHECK_SECONDS = 5.0
+"""The longest the watchdog sleeps without looking whether it still has work."""
 _LOG = logging.getLogger(__name__)
 
 
@@ -183,8 +185,10 @@ class _Watchdog:
                     self._next_check = min(
                         (w.expires_at for w in watches.values()), default=math.inf
                     )
-                    wait = None if self._next_check == math.inf else self._next_check - now
-                    self._wakeup.wait(wait)
+                    # Bounded even with nothing to watch: a collection between the idle
+                    # check above and the wait can run an engine's finalizer, whose
+                    # notify() then finds nobody waiting yet.
+                    self._wakeup.wait(min(self._next_check - now, _RECHECK_SECONDS))
                     self._next_check = -math.inf  # not waiting: nobody needs to wake us
                     continue
             for watch in due:
