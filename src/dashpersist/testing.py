@@ -25,7 +25,13 @@ from dashpersist.encryption import KeyRing
 from dashpersist.errors import ConfigurationError, StorageUnavailableError
 from dashpersist.manager import PersistenceManager
 from dashpersist.models import Layout
-from dashpersist.storage.protocol import DocumentKey, Storage, StoredDocument, VersionRecord
+from dashpersist.storage.protocol import (
+    DocumentKey,
+    Storage,
+    StoredDocument,
+    VersionOutline,
+    VersionRecord,
+)
 from dashpersist.types import JsonObject
 
 __all__ = [
@@ -47,6 +53,7 @@ Operation: TypeAlias = Literal[
     "layout_ids",
     "user_ids",
     "versions",
+    "version_outline",
     "compact",
     "import_document",
     "replace_document",
@@ -203,6 +210,12 @@ class FaultyStorage:
     ) -> list[VersionRecord]:
         """Return *key*'s history records, newest first (unless a fault says otherwise)."""
         return self._call("versions", lambda: self.inner.versions(key, before=before, limit=limit))
+
+    def version_outline(
+        self, key: DocumentKey, *, before: int | None = None
+    ) -> list[VersionOutline]:
+        """Return *key*'s history outline, newest first (unless a fault says otherwise)."""
+        return self._call("version_outline", lambda: self.inner.version_outline(key, before=before))
 
     def compact(
         self,

@@ -183,16 +183,17 @@ class VersionService:
         cut = newest - keep + 1
         if cut <= 1:
             return None
-        # The oldest version to keep comes first, read with the ones to remove.
-        old = self._all_records(key, before=cut + 1)
+        # The oldest version to keep comes first, read with the ones to remove: their
+        # outline only, since a trim on the keyframe grid needs none of their content.
+        old = self._storage.version_outline(key, before=cut + 1)
         if not old or old[0].version != cut:
             raise NotFoundError(f"{key} has no version {cut}")
         oldest_kept, old = old[0], old[1:]
         remove = [r.version for r in old if r.label is None]
         if not remove:
             return None
-        bare = [r.version for r in old if r.label is not None and r.snapshot is None]
-        if oldest_kept.snapshot is None:
+        bare = [r.version for r in old if r.label is not None and not r.keyframe]
+        if not oldest_kept.keyframe:
             bare.append(cut)
         snapshots = {version: self.get_document(key, version)[0] for version in bare}
         return RetentionPlan(remove, snapshots)

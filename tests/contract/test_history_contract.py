@@ -49,6 +49,25 @@ def manager_for(storage: Storage, **settings: object) -> PersistenceManager:
     )
 
 
+@pytest.mark.parametrize("before", [None, 6, 2, 1])
+def test_the_version_outline_is_the_history_without_its_content(
+    storage: Storage, before: int | None
+) -> None:
+    pm = manager_for(storage, keyframe_interval=3)
+    for revision in range(1, 8):
+        label = f"release {revision}" if revision in (2, 5) else None
+        pm.save_layout("alice", board(revision), label=label)
+    key = DocumentKey("alice")
+
+    outline = storage.version_outline(key, before=before)
+    records = storage.versions(key, before=before, limit=100)
+
+    assert [(o.version, o.label, o.keyframe) for o in outline] == [
+        (r.version, r.label, r.snapshot is not None) for r in records
+    ]
+    assert storage.version_outline(DocumentKey("nobody")) == []
+
+
 def test_history_stores_patches_between_keyframes(storage: Storage) -> None:
     pm = manager_for(storage, keyframe_interval=4)
     for revision in range(1, 11):

@@ -11,7 +11,7 @@ import pytest
 
 from dashpersist import Layout, MemoryStorage, PersistenceConfig, PersistenceManager
 from dashpersist.housekeeping import Housekeeper
-from dashpersist.storage.protocol import DocumentKey, VersionRecord
+from dashpersist.storage.protocol import DocumentKey, VersionOutline
 from dashpersist.testing import FaultyStorage
 
 A, B, C = DocumentKey("alice"), DocumentKey("bob"), DocumentKey("carol")
@@ -189,18 +189,18 @@ def test_without_a_thread_to_start_a_task_runs_at_once(monkeypatch: pytest.Monke
 
 
 class _HeldTrimReads(MemoryStorage):
-    """A real MemoryStorage whose history reads on the housekeeping thread wait."""
+    """A real MemoryStorage whose trims wait as they start reading what to remove."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reading = threading.Event()
         self.release = threading.Event()
 
-    def versions(self, key: DocumentKey, **page: Any) -> list[VersionRecord]:
+    def version_outline(self, key: DocumentKey, **page: Any) -> list[VersionOutline]:
         if threading.current_thread().name == "dashpersist-housekeeping":
             self.reading.set()
             self.release.wait(5)
-        return super().versions(key, **page)
+        return super().version_outline(key, **page)
 
 
 def test_a_trim_skips_a_document_deleted_and_created_again_meanwhile() -> None:
@@ -254,13 +254,13 @@ class _HeldAfterPlanning(MemoryStorage):
         self.planned = threading.Event()
         self.release = threading.Event()
 
-    def versions(self, key: DocumentKey, **page: Any) -> list[VersionRecord]:
-        records = super().versions(key, **page)
+    def version_outline(self, key: DocumentKey, **page: Any) -> list[VersionOutline]:
+        outline = super().version_outline(key, **page)
         on_thread = threading.current_thread().name == "dashpersist-housekeeping"
-        if on_thread and not self.planned.is_set() and page.get("limit", 0) > 1:
+        if on_thread and not self.planned.is_set():
             self.planned.set()
             self.release.wait(5)
-        return records
+        return outline
 
 
 def _history(pm: PersistenceManager[Layout]) -> list[tuple[int, str | None]]:

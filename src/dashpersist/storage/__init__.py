@@ -14,6 +14,7 @@ from dashpersist.storage.protocol import (
     DocumentKey,
     Storage,
     StoredDocument,
+    VersionOutline,
     VersionRecord,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "SQLStorage",
     "Storage",
     "StoredDocument",
+    "VersionOutline",
     "VersionRecord",
 ]
 

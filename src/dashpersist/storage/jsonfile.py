@@ -121,7 +121,9 @@ from dashpersist.errors import (
 from dashpersist.storage.protocol import (
     DocumentKey,
     StoredDocument,
+    VersionOutline,
     VersionRecord,
+    outline_from_versions,
     prepare_import,
     prepare_write,
 )
@@ -853,6 +855,13 @@ class JSONFileStorage:
                     raise
                 envelope = latest
         raise StorageUnavailableError(f"{key} kept changing while its history was read")
+
+    def version_outline(
+        self, key: DocumentKey, *, before: int | None = None
+    ) -> list[VersionOutline]:
+        """Return version, label and keyframe flag of *key*'s records below *before*,
+        newest first (read through `versions`: each line is one whole record)."""
+        return outline_from_versions(self, key, before=before)
 
     def compact(
         self,

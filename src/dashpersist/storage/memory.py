@@ -12,6 +12,7 @@ from dashpersist.errors import ConfigurationError, ConflictError, NotFoundError
 from dashpersist.storage.protocol import (
     DocumentKey,
     StoredDocument,
+    VersionOutline,
     VersionRecord,
     prepare_import,
     prepare_write,
@@ -123,6 +124,21 @@ class MemoryStorage:
             history = [] if entry is None else entry.history
             selected = [r for r in reversed(history) if before is None or r.version < before]
             return [_copied_record(r) for r in selected[: max(limit, 0)]]
+
+    def version_outline(
+        self, key: DocumentKey, *, before: int | None = None
+    ) -> list[VersionOutline]:
+        """Return version, label and keyframe flag of *key*'s records below *before*,
+        newest first."""
+        with self._lock:
+            self._check_open()
+            entry = self._entries.get(key)
+            history = [] if entry is None else entry.history
+            return [
+                VersionOutline(r.version, r.label, r.snapshot is not None)
+                for r in reversed(history)
+                if before is None or r.version < before
+            ]
 
     def compact(
         self,

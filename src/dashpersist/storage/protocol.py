@@ -25,7 +25,9 @@ __all__ = [
     "PreparedWrite",
     "Storage",
     "StoredDocument",
+    "VersionOutline",
     "VersionRecord",
+    "outline_from_versions",
     "prepare_import",
     "prepare_write",
 ]
@@ -111,6 +113,33 @@ class VersionRecord:
     patch: JsonPatch | None = None
     snapshot: JsonObject | None = None
     encoded_document: bytes | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionOutline:
+    """A history record without its content: what retention needs to know of it."""
+
+    version: int
+    label: str | None
+    keyframe: bool
+    """Whether the record holds the whole document (``snapshot``)."""
+
+
+def outline_from_versions(
+    storage: Storage, key: DocumentKey, *, before: int | None = None
+) -> list[VersionOutline]:
+    """`Storage.version_outline` from `Storage.versions`, a page at a time: for backends
+    that cannot leave the content out of a read."""
+    outline: list[VersionOutline] = []
+    while True:
+        page = storage.versions(key, before=before, limit=_OUTLINE_PAGE)
+        outline += [VersionOutline(r.version, r.label, r.snapshot is not None) for r in page]
+        if len(page) < _OUTLINE_PAGE:
+            return outline
+        before = page[-1].version
+
+
+_OUTLINE_PAGE = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +360,14 @@ class Storage(Protocol):
         self, key: DocumentKey, *, before: int | None = None, limit: int = 20
     ) -> list[VersionRecord]:
         """Return up to *limit* history records of *key*, newest first, below *before*."""
+        ...
+
+    def version_outline(
+        self, key: DocumentKey, *, before: int | None = None
+    ) -> list[VersionOutline]:
+        """Return the version, label and keyframe flag of every history record of *key*
+        below *before*, newest first, without reading patches or snapshots where the
+        backend can (`outline_from_versions` where it cannot)."""
         ...
 
     def compact(

@@ -64,6 +64,7 @@ from dashpersist.storage.protocol import (
     PreparedImport,
     PreparedWrite,
     StoredDocument,
+    VersionOutline,
     VersionRecord,
     prepare_import,
     prepare_write,
@@ -326,6 +327,24 @@ class SQLStorage:
                 self._sql.read_versions, (key.user_id, key.layout_id, below, limit)
             ).fetchall()
         return [self._record_from_row(key, row) for row in rows]
+
+    def version_outline(
+        self, key: DocumentKey, *, before: int | None = None
+    ) -> list[VersionOutline]:
+        """Return version, label and keyframe flag of *key*'s records below *before*,
+        newest first, reading neither patches nor snapshots."""
+        self._check_open()
+        below = before if before is not None else 2**62
+        with (
+            self._translated(key=key, action="reading history"),
+            self._connectable.connect() as conn,
+        ):
+            rows = self._runner(conn)(
+                self._sql.read_outline, (key.user_id, key.layout_id, below)
+            ).fetchall()
+        return [
+            VersionOutline(int(version), label, bool(keyframe)) for version, label, keyframe in rows
+        ]
 
     def compact(
         self,
@@ -952,6 +971,10 @@ class _Statements:
                 "snapshot FROM dashpersist_versions WHERE user_id = ? AND layout_id = ? "
                 "AND version < ? ORDER BY version DESC LIMIT ?"
             ),
+            "read_outline": (
+                "SELECT version, label, snapshot IS NOT NULL FROM dashpersist_versions "
+                "WHERE user_id = ? AND layout_id = ? AND version < ? ORDER BY version DESC"
+            ),
             "layout_ids": "SELECT layout_id FROM dashpersist_documents WHERE user_id = ?",
             # The one statement without an owner predicate: it lists the owners.
             "user_ids": "SELECT DISTINCT user_id FROM dashpersist_documents",
@@ -985,6 +1008,7 @@ class _Statements:
         self.update_document = statements["update_document"]
         self.insert_version = statements["insert_version"]
         self.read_versions = statements["read_versions"]
+        self.read_outline = statements["read_outline"]
         self.layout_ids = statements["layout_ids"]
         self.user_ids = statements["user_ids"]
         self.delete_document = statements["delete_document"]

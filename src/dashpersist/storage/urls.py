@@ -9,7 +9,13 @@ from pathlib import Path
 
 from dashpersist.errors import ConfigurationError, StorageUnavailableError
 from dashpersist.storage.memory import MemoryStorage
-from dashpersist.storage.protocol import DocumentKey, Storage, StoredDocument, VersionRecord
+from dashpersist.storage.protocol import (
+    DocumentKey,
+    Storage,
+    StoredDocument,
+    VersionOutline,
+    VersionRecord,
+)
 from dashpersist.types import JsonObject
 
 __all__ = ["ReconnectingStorage", "open_storage"]
@@ -116,6 +122,12 @@ class ReconnectingStorage:
     ) -> list[VersionRecord]:
         """Return up to *limit* history records of *key*, newest first, below *before*."""
         return self._get().versions(key, before=before, limit=limit)
+
+    def version_outline(
+        self, key: DocumentKey, *, before: int | None = None
+    ) -> list[VersionOutline]:
+        """Return version, label and keyframe flag of *key*'s records below *before*."""
+        return self._get().version_outline(key, before=before)
 
     def compact(
         self, key: DocumentKey, *, remove: Collection[int], snapshots: Mapping[int, JsonObject]
