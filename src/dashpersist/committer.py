@@ -10,6 +10,7 @@ stores its history record, and history is trimmed to ``max_versions``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import random
 from collections.abc import Callable
@@ -117,9 +118,11 @@ class Committer(Generic[DocT]):
         self._sleep = sleep
         self.bases: dict[DocumentKey, int] = {}
         """Per document, the version the caller last loaded or saved: the next save's base."""
-        self._deletions = 0
-        """Documents deleted through this committer's manager: a trim planned before a
-        deletion must not be carried out on a history written since (see `_trim`)."""
+        self._deletions = itertools.count(1)
+        self._deleted: dict[DocumentKey, int] = {}
+        """Per document deleted through this committer's manager, the number of its last
+        deletion: a trim planned before it must not be carried out on the history
+        written since (see `_trim`)."""
 
     @property
     def _config(self) -> PersistenceConfig:
@@ -129,7 +132,7 @@ class Committer(Generic[DocT]):
         """Note that *key* was deleted (call with its lock held): its base goes, and trims
         planned until now are dropped, since a new document may reuse their numbers."""
         self.bases.pop(key, None)
-        self._deletions += 1
+        self._deleted[key] = next(self._deletions)
 
     def retry(self, operation: Callable[[], T]) -> T:
         """Run a storage operation with the configured bounded retries."""
@@ -315,37 +318,36 @@ class Committer(Generic[DocT]):
         # therefore holds max_versions to max_versions + keyframe_interval - 1 versions.
         batch = 1 if not versioning else self._versions.keyframe_interval
         if version > keep and (version - keep) % batch == 0:
-            deletions = self._deletions
-            self._housekeeping(
-                key, lambda: self._trim(key, keep, version, record.checksum, deletions)
-            )
+            deleted = self._deleted.get(key, 0)
+            self._housekeeping(key, lambda: self._trim(key, keep, record, deleted))
         return version
 
-    def _trim(self, key: DocumentKey, keep: int, version: int, digest: str, deletions: int) -> None:
-        """Trim *key*'s history below the *keep* versions up to *version*, which this
-        committer wrote with *digest* after *deletions* deletions: the cut then falls on a
-        keyframe, however many versions were written since the trim was asked for.
+    def _trim(self, key: DocumentKey, keep: int, written: VersionRecord, deleted: int) -> None:
+        """Trim *key*'s history below the *keep* versions up to the version this committer
+        wrote with *written*, when the document's last deletion here was number *deleted*:
+        the cut then falls on a keyframe, however many versions were written since.
 
         Reading the history to trim is most of the work, and only reads, so it runs
         without the document's lock: the next save need not wait for it. The checks and
-        the deletion hold the lock: that no document was deleted through this manager
-        since the trim was asked for (a document written again, even to the same content,
-        has a new history that the plan knows nothing of; its own saves ask for its
-        trims), and that *version* still has *digest* (the same, for writers elsewhere).
-        A plan that stores keyframes (rare: a labelled version, or a cut off the keyframe
-        grid) is made again under the lock, so that what it stores is read while this
-        manager changes nothing in the document's history.
+        the deletion hold the lock. A document deleted and written again, even to the same
+        content, has a new history the plan knows nothing of (its own saves ask for its
+        trims), so the trim stands down when the document was deleted through this
+        manager since, or when the version's record is not the one written (checksum and
+        time: a writer elsewhere). A plan that stores keyframes (rare: a labelled version,
+        or a cut off the keyframe grid) is made again under the lock, so that what it
+        stores is read while this manager changes nothing in the document's history.
         """
+        version = written.version
         try:
             plan = self.retry(lambda: self._versions.plan_retention(key, keep=keep, newest=version))
             if plan is None:
                 return
             with self._document_lock(key):
-                if self._deletions != deletions:
-                    return  # possibly deleted and written again: the plan may be stale
-                written = self.retry(lambda: self._versions.get_record(key, version))
-                if written.checksum != digest:
-                    return  # deleted and created again since: a later write trims that
+                if self._deleted.get(key, 0) != deleted:
+                    return  # deleted and written again since: the plan may be stale
+                stored = self.retry(lambda: self._versions.get_record(key, version))
+                if (stored.checksum, stored.created_at) != (written.checksum, written.created_at):
+                    return  # the same, by another writer
                 if plan.snapshots:
                     plan = self.retry(
                         lambda: self._versions.plan_retention(key, keep=keep, newest=version)

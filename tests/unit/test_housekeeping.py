@@ -288,7 +288,7 @@ def test_a_trim_planned_before_a_delete_leaves_the_new_history_alone() -> None:
     pm.close()
 
 
-def test_a_trim_planned_before_another_writer_recreated_the_document_is_dropped() -> None:
+def test_a_trim_planned_before_another_writer_recreated_the_document_stands_down() -> None:
     storage = _HeldAfterPlanning()
     pm = PersistenceManager(storage, config=PersistenceConfig(max_versions=2, keyframe_interval=2))
     other = PersistenceManager(storage, start_threads=False)  # keeps all its versions
@@ -296,14 +296,16 @@ def test_a_trim_planned_before_another_writer_recreated_the_document_is_dropped(
         pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True)
     assert storage.planned.wait(5)
 
-    other.delete_layout("alice")  # another writer: this manager sees no deletion
+    # Another writer deletes it and writes the same content again, labelling version 2:
+    # this manager sees no deletion, and version 4 has the same checksum.
+    other.delete_layout("alice")
     for n in range(1, 6):
         label = "keep me" if n == 2 else None
-        other.save_layout("alice", Layout(theme=f"new {n}"), immediate=True, label=label)
+        other.save_layout("alice", Layout(theme=f"t{n}"), immediate=True, label=label)
     storage.release.set()
     pm.flush()
 
-    # Version 4 now has another checksum: the stale plan is not carried out.
+    # Version 4's record is not the one this manager wrote: the plan is not carried out.
     assert _history(other) == [(5, None), (4, None), (3, None), (2, "keep me"), (1, None)]
     pm.close()
     other.close()
@@ -328,4 +330,20 @@ def test_a_trim_the_store_refuses_is_logged_and_the_next_one_catches_up(
     assert "could not trim the history" in caplog.text
     assert after_failure == [4, 3, 2, 1]
     assert [version for version, _ in _history(pm)] == [6, 5]
+    pm.close()
+
+
+def test_deleting_another_document_does_not_stop_a_trim() -> None:
+    storage = _HeldAfterPlanning()
+    pm = PersistenceManager(storage, config=PersistenceConfig(max_versions=2, keyframe_interval=2))
+    pm.save_layout("bob", Layout(theme="bob"), immediate=True)
+    for n in range(1, 5):  # alice's version 4 asks for a trim, held once planned
+        pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True)
+    assert storage.planned.wait(5)
+
+    pm.delete_layout("bob")
+    storage.release.set()
+    pm.flush()
+
+    assert [version for version, _ in _history(pm)] == [4, 3]
     pm.close()
