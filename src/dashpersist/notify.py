@@ -169,8 +169,9 @@ class ChangeListener:
     notifications sent meanwhile were lost. After *ping_interval* seconds without a
     notification it sends ``SELECT 1``; a server that does not answer within
     *ping_timeout* seconds has its connection cut, which counts as lost. `close` stops
-    it within about *poll_interval* seconds (or the rest of a ping); no callback runs
-    after `close` returns (unless called from a callback).
+    it within about *poll_interval* seconds, or what is left of a ping under way (give
+    ``close(timeout=...)`` more than *ping_timeout* to wait for that too); no callback
+    runs after `close` returns (unless called from a callback).
 
     It satisfies `dashpersist.storage.ChangeNotifier`.
     """
@@ -258,6 +259,8 @@ class ChangeListener:
                             self._deliver(notification.payload)
                             if self._stop.is_set():
                                 break
+                        if self._stop.is_set():
+                            break  # closing: no ping to wait out
                         if time.monotonic() - heard_at >= self._ping_interval:
                             self._ping(conn)
                             heard_at = time.monotonic()
@@ -284,13 +287,20 @@ class ChangeListener:
         keep = heard.append
         conn.add_notify_handler(keep)
         try:
-            with socket_deadline(conn, self._ping_timeout, where="the change listener's server"):
+            with socket_deadline(
+                conn,
+                self._ping_timeout,
+                where="the change listener's server",
+                setting="ping_timeout",
+            ):
                 conn.execute("SELECT 1")
         finally:
             # notifies() must not run with a handler (psycopg warns: both would get them).
+            # psycopg >= 3.2.10 queues a notification for notifies() only when no handler
+            # took it, so none is delivered twice.
             conn.remove_notify_handler(keep)
-        for notification in heard:
-            self._deliver(notification.payload)
+            for notification in heard:  # those that came before a failed ping too
+                self._deliver(notification.payload)
 
     def _deliver(self, payload: str) -> None:
         if self._stop.is_set():

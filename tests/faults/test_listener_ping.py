@@ -21,7 +21,7 @@ from tests.faults.proxy import FaultProxy
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
 
 PING_INTERVAL = 0.2
-PING_TIMEOUT = 0.5
+PING_TIMEOUT = 2.0
 SLACK = 3.0
 """Seconds beyond the ping interval and timeout the listener may take to notice."""
 

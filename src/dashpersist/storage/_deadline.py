@@ -81,6 +81,8 @@ class _Watch:
     expires_at: float
     timeout: float
     where: str
+    setting: str
+    """The setting that chose *timeout*, for the log."""
 
 
 class _Watchdog:
@@ -125,14 +127,21 @@ class _Watchdog:
             thread.join(_JOIN_TIMEOUT)
 
     def watch(
-        self, key: int, descriptor: int, *, engine_id: int | None, timeout: float, where: str
+        self,
+        key: int,
+        descriptor: int,
+        *,
+        engine_id: int | None,
+        timeout: float,
+        where: str,
+        setting: str = OPERATION_TIMEOUT_OPTION,
     ) -> None:
         """Cut *descriptor*'s socket after *timeout* seconds unless *key* is unwatched
         first; the descriptor is the watchdog's to close from now on."""
         expires_at = time.monotonic() + timeout
         with self._lock:
             replaced = self._watches.pop(key, None)
-            self._watches[key] = _Watch(descriptor, expires_at, timeout, where)
+            self._watches[key] = _Watch(descriptor, expires_at, timeout, where, setting)
             if engine_id is not None:
                 self._engines.add(engine_id)  # again, if the engine was disposed and reused
             self._start()
@@ -198,8 +207,9 @@ class _Watchdog:
 def _cut(watch: _Watch) -> None:
     """Shut down the socket *watch* duplicates, so a call blocked on it fails now."""
     _LOG.warning(
-        "no answer from %s within operation_timeout=%.3g s: cutting the connection",
+        "no answer from %s within %s=%.3g s: cutting the connection",
         watch.where,
+        watch.setting,
         watch.timeout,
     )
     # The duplicate was taken at checkout by the connection's own thread, so it is the
@@ -226,7 +236,9 @@ _call_ids = itertools.count(1)
 
 
 @contextmanager
-def socket_deadline(connection: _Socketed, seconds: float, *, where: str) -> Iterator[None]:
+def socket_deadline(
+    connection: _Socketed, seconds: float, *, where: str, setting: str
+) -> Iterator[None]:
     """Cut *connection*'s socket if the block still runs after *seconds*.
 
     For one call on a connection outside any pool (a listener's ping): a call blocked
@@ -235,7 +247,7 @@ def socket_deadline(connection: _Socketed, seconds: float, *, where: str) -> Ite
     """
     descriptor = os.dup(connection.fileno())
     key = -next(_call_ids)  # never the id() of a pool record, which is positive
-    _WATCHDOG.watch(key, descriptor, engine_id=None, timeout=seconds, where=where)
+    _WATCHDOG.watch(key, descriptor, engine_id=None, timeout=seconds, where=where, setting=setting)
     try:
         yield
     finally:
