@@ -267,19 +267,31 @@ def _history(pm: PersistenceManager[Layout]) -> list[tuple[int, str | None]]:
     return [(v.version, v.label) for v in pm.get_version_history("alice")]
 
 
+def _trimming(storage: MemoryStorage) -> PersistenceManager[Layout]:
+    """A manager that trims to 2 versions, at every even version from 4."""
+    return PersistenceManager(
+        storage, config=PersistenceConfig(max_versions=2, keyframe_interval=2)
+    )
+
+
+def _save_alice(
+    pm: PersistenceManager[Layout], revisions: range, *, labelled: int | None = None
+) -> None:
+    for n in revisions:
+        label = "keep me" if n == labelled else None
+        pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True, label=label)
+
+
 def test_a_trim_planned_before_a_delete_leaves_the_new_history_alone() -> None:
     storage = _HeldAfterPlanning()
-    pm = PersistenceManager(storage, config=PersistenceConfig(max_versions=2, keyframe_interval=2))
-    for n in range(1, 5):  # version 4 asks for a trim, held once it has planned
-        pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True)
+    pm = _trimming(storage)
+    _save_alice(pm, range(1, 5))  # version 4 asks for a trim, held once it has planned
     assert storage.planned.wait(5)
 
     # Deleted and written again to the same content, but with version 2 labelled: the
     # plan (remove 1 and 2) knows nothing of it, and version 4 has the same checksum.
     pm.delete_layout("alice")
-    for n in range(1, 5):
-        label = "keep me" if n == 2 else None
-        pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True, label=label)
+    _save_alice(pm, range(1, 5), labelled=2)
     storage.release.set()
     pm.flush()
 
@@ -290,18 +302,15 @@ def test_a_trim_planned_before_a_delete_leaves_the_new_history_alone() -> None:
 
 def test_a_trim_planned_before_another_writer_recreated_the_document_stands_down() -> None:
     storage = _HeldAfterPlanning()
-    pm = PersistenceManager(storage, config=PersistenceConfig(max_versions=2, keyframe_interval=2))
+    pm = _trimming(storage)
     other = PersistenceManager(storage, start_threads=False)  # keeps all its versions
-    for n in range(1, 5):
-        pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True)
+    _save_alice(pm, range(1, 5))
     assert storage.planned.wait(5)
 
     # Another writer deletes it and writes the same content again, labelling version 2:
     # this manager sees no deletion, and version 4 has the same checksum.
     other.delete_layout("alice")
-    for n in range(1, 6):
-        label = "keep me" if n == 2 else None
-        other.save_layout("alice", Layout(theme=f"t{n}"), immediate=True, label=label)
+    _save_alice(other, range(1, 6), labelled=2)
     storage.release.set()
     pm.flush()
 
@@ -335,10 +344,9 @@ def test_a_trim_the_store_refuses_is_logged_and_the_next_one_catches_up(
 
 def test_deleting_another_document_does_not_stop_a_trim() -> None:
     storage = _HeldAfterPlanning()
-    pm = PersistenceManager(storage, config=PersistenceConfig(max_versions=2, keyframe_interval=2))
+    pm = _trimming(storage)
     pm.save_layout("bob", Layout(theme="bob"), immediate=True)
-    for n in range(1, 5):  # alice's version 4 asks for a trim, held once planned
-        pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True)
+    _save_alice(pm, range(1, 5))  # alice's version 4 asks for a trim, held once planned
     assert storage.planned.wait(5)
 
     pm.delete_layout("bob")
