@@ -11,7 +11,10 @@ locked section, so they hang, and time out, on a non-reentrant lock.
 from __future__ import annotations
 
 import gc
+import inspect
 import os
+import socket
+import sys
 import threading
 import time
 import weakref
@@ -19,7 +22,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from dashpersist.storage._deadline import _Watchdog
+from dashpersist.storage._deadline import _THREAD_NAME, _Watchdog
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -107,3 +110,65 @@ def test_the_thread_ends_even_if_the_last_detach_finds_it_not_yet_waiting(
     thread.join(5)
 
     assert not thread.is_alive() and watchdog.thread is None
+
+
+def _locked_scan_lines() -> range:
+    """The lines of `_Watchdog._run` from its scan of the watches to its wait, all run
+    holding the lock."""
+    lines, first = inspect.getsourcelines(_Watchdog._run)
+    start = next(n for n, line in enumerate(lines) if "self._watches.copy()" in line)
+    stop = next(n for n, line in enumerate(lines) if "self._wakeup.wait(" in line)
+    return range(first + start, first + stop)
+
+
+def test_a_collection_during_the_scan_can_unwatch_and_the_scan_goes_on(
+    watchdog: _Watchdog, gc_enabled: None
+) -> None:
+    """The watchdog thread's own scan allocates, so a collection can run inside it and
+    check a connection in (unwatch) while the scan walks the watches."""
+    pipes = [os.pipe() for _ in range(3)]
+    for key, (read_end, _) in enumerate(pipes):
+        watchdog.watch(key, read_end, engine_id=ENGINE, timeout=60.0, where="test")
+    unwatched: list[int] = []
+    scan = _locked_scan_lines()
+
+    def unwatch_inside_the_scan(phase: str, info: dict[str, int]) -> None:
+        if phase != "start" or unwatched or threading.current_thread().name != _THREAD_NAME:
+            return
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code is not _Watchdog._run.__code__:
+            frame = frame.f_back
+        if frame is None or frame.f_lineno not in scan:
+            return  # not in the scan, which holds the lock
+        unwatched.append(1)
+        watchdog.unwatch(1)  # as SQLAlchemy's checkin of a collected connection does
+
+    gc.callbacks.append(unwatch_inside_the_scan)
+    threshold = gc.get_threshold()
+    gc.set_threshold(1)  # every allocation the scan makes may start a collection
+    try:
+        deadline = time.monotonic() + 5
+        while not unwatched and time.monotonic() < deadline:
+            with watchdog._lock:
+                watchdog._wakeup.notify()  # have the thread scan again
+            time.sleep(0.01)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(unwatch_inside_the_scan)
+    ours, peer = socket.socketpair()
+    watchdog.watch(3, os.dup(ours.fileno()), engine_id=ENGINE, timeout=0.05, where="test")
+    peer.settimeout(5)
+    cut = peer.recv(1)  # the scan still runs: the new watch expires, its socket is shut
+
+    assert unwatched
+    assert cut == b""
+    assert watchdog.thread is not None and watchdog.thread.is_alive()
+    assert watchdog.watched() == 2  # keys 0 and 2; 1 was unwatched, 3 was cut
+    with pytest.raises(BrokenPipeError):
+        os.write(pipes[1][1], b"x")  # key 1's read end was closed
+    for _, write_end in pipes:
+        os.close(write_end)
+    for key in (0, 2):
+        watchdog.unwatch(key)
+    ours.close()
+    peer.close()
