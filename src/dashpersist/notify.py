@@ -264,7 +264,7 @@ class ChangeListener:
                         if time.monotonic() - heard_at >= self._ping_interval:
                             self._ping(conn)
                             heard_at = time.monotonic()
-            except psycopg.Error as exc:
+            except (psycopg.Error, OSError) as exc:  # OSError: the ping's socket duplicate
                 had_gap = True
                 # Names the error class and its first line: a connection error holds no values.
                 first_line = (str(exc).strip().splitlines() or [""])[0]

@@ -6,6 +6,8 @@ good on a black-holed server while other processes' writes go unheard.
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -111,3 +113,22 @@ def test_a_ping_setting_that_is_not_seconds_is_refused(
 ) -> None:
     with pytest.raises(ConfigurationError, match=name):
         ChangeListener(postgres_url, print, **{name: value})  # type: ignore[arg-type]
+
+
+def test_a_ping_that_cannot_watch_its_socket_counts_as_a_lost_connection(
+    listener: ChangeListener, reconnected: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_dup = os.dup
+    refused: list[int] = []
+
+    def dup_refused_once_on_the_listener(descriptor: int) -> int:
+        if threading.current_thread().name == "dashpersist-change-listener" and not refused:
+            refused.append(descriptor)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_dup(descriptor)
+
+    monkeypatch.setattr(os, "dup", dup_refused_once_on_the_listener)
+    back = reconnected.wait(10)
+
+    assert refused  # a ping tried, and its thread went on to reconnect
+    assert back and listener.wait_until_listening(10)
