@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 import pydantic
@@ -54,6 +54,11 @@ def _run_now(key: DocumentKey, task: Callable[[], None]) -> None:
 
 def _no_lock(key: DocumentKey) -> AbstractContextManager[object]:
     return contextlib.nullcontext()
+
+
+def _instant(moment: datetime) -> datetime:
+    """*moment* as an aware time: a store may hand a naive time it was given back as UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class LostRace(Exception):  # noqa: N818 - internal signal, never escapes the manager
@@ -346,7 +351,9 @@ class Committer(Generic[DocT]):
                 if self._deleted.get(key, 0) != deleted:
                     return  # deleted and written again since: the plan may be stale
                 stored = self.retry(lambda: self._versions.get_record(key, version))
-                if (stored.checksum, stored.created_at) != (written.checksum, written.created_at):
+                if stored.checksum != written.checksum or _instant(stored.created_at) != _instant(
+                    written.created_at
+                ):
                     return  # the same, by another writer
                 if plan.snapshots:
                     plan = self.retry(

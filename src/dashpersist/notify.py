@@ -274,6 +274,9 @@ class ChangeListener:
                     first_line,
                     delay,
                 )
+            except Exception:  # noqa: BLE001 - anything else must not end listening for good
+                had_gap = True
+                _LOG.exception("change listener failed; reconnecting in %.1f s", delay)
             finally:
                 self._listening.clear()
             if self._stop.wait(delay):

@@ -16,7 +16,13 @@ from datetime import UTC, datetime
 from dashpersist._canonical import checksum, copy_json
 from dashpersist.errors import CorruptStoreError, NotFoundError, PatchError
 from dashpersist.patch import apply_patch, make_patch
-from dashpersist.storage.protocol import DocumentKey, Storage, StoredDocument, VersionRecord
+from dashpersist.storage.protocol import (
+    DocumentKey,
+    Storage,
+    StoredDocument,
+    VersionRecord,
+    outline_from_versions,
+)
 from dashpersist.types import ChangeType, JsonObject
 
 __all__ = ["IntegrityProblem", "IntegrityReport", "RetentionPlan", "VersionService"]
@@ -185,7 +191,12 @@ class VersionService:
             return None
         # The oldest version to keep comes first, read with the ones to remove: their
         # outline only, since a trim on the keyframe grid needs none of their content.
-        old = self._storage.version_outline(key, before=cut + 1)
+        outline = getattr(self._storage, "version_outline", None)  # a storage of old
+        old = (
+            outline(key, before=cut + 1)
+            if outline is not None
+            else outline_from_versions(self._storage, key, before=cut + 1)
+        )
         if not old or old[0].version != cut:
             raise NotFoundError(f"{key} has no version {cut}")
         oldest_kept, old = old[0], old[1:]

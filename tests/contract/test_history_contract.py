@@ -19,7 +19,7 @@ from dashpersist import (
 )
 from dashpersist._canonical import checksum
 from dashpersist.patch import apply_patch
-from dashpersist.storage import DocumentKey, Storage
+from dashpersist.storage import DocumentKey, Storage, outline_from_versions
 from dashpersist.types import JsonObject
 
 
@@ -66,6 +66,24 @@ def test_the_version_outline_is_the_history_without_its_content(
         (r.version, r.label, r.snapshot is not None) for r in records
     ]
     assert storage.version_outline(DocumentKey("nobody")) == []
+
+
+@pytest.mark.parametrize("before", [None, 23, 22, 21, 16, 11, 6, 5, 2, 1])
+def test_the_outline_read_page_by_page_is_the_same(
+    storage: Storage, before: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`outline_from_versions`, for backends that cannot leave content out, across the
+    edges of its pages (5 records here)."""
+    monkeypatch.setattr("dashpersist.storage.protocol._OUTLINE_PAGE", 5)
+    pm = manager_for(storage, keyframe_interval=4)
+    for revision in range(1, 23):
+        pm.save_layout("alice", board(revision), label="kept" if revision % 7 == 0 else None)
+    key = DocumentKey("alice")
+
+    paged = outline_from_versions(storage, key, before=before)
+
+    assert paged == storage.version_outline(key, before=before)
+    assert [o.version for o in paged] == list(range(min(before or 23, 23) - 1, 0, -1))
 
 
 def test_history_stores_patches_between_keyframes(storage: Storage) -> None:

@@ -172,3 +172,21 @@ def test_a_collection_during_the_scan_can_unwatch_and_the_scan_goes_on(
         watchdog.unwatch(key)
     ours.close()
     peer.close()
+
+
+def test_a_watch_the_thread_cannot_start_for_is_refused_and_its_descriptor_closed(
+    watchdog: _Watchdog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    read_end, write_end = os.pipe()
+
+    with pytest.raises(RuntimeError, match="can't start"):
+        watchdog.watch(CONNECTION, read_end, engine_id=None, timeout=1.0, where="test")
+
+    assert watchdog.watched() == 0 and watchdog.thread is None
+    with pytest.raises(BrokenPipeError):
+        os.write(write_end, b"x")  # the watchdog closed what it was handed
+    os.close(write_end)

@@ -16,6 +16,7 @@ from dashpersist.storage.protocol import (
     StoredDocument,
     VersionOutline,
     VersionRecord,
+    outline_from_versions,
 )
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ __all__ = [
     "StoredDocument",
     "VersionOutline",
     "VersionRecord",
+    "outline_from_versions",
 ]
 
 

@@ -140,11 +140,15 @@ class _Watchdog:
         first; the descriptor is the watchdog's to close from now on."""
         expires_at = time.monotonic() + timeout
         with self._lock:
+            try:
+                self._start()
+            except BaseException:  # no thread ("can't start new thread"): nothing watches
+                os.close(descriptor)
+                raise
             replaced = self._watches.pop(key, None)
             self._watches[key] = _Watch(descriptor, expires_at, timeout, where, setting)
             if engine_id is not None:
                 self._engines.add(engine_id)  # again, if the engine was disposed and reused
-            self._start()
             if expires_at < self._next_check:
                 self._wakeup.notify()
         if replaced is not None:
@@ -175,8 +179,9 @@ class _Watchdog:
 
     def _start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=_THREAD_NAME, daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name=_THREAD_NAME, daemon=True)
+            thread.start()  # may raise ("can't start new thread"): then there is none
+            self._thread = thread
 
     def _run(self) -> None:
         while True:
