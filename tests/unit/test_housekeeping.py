@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -293,19 +294,30 @@ def _save_alice(
         pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True, label=label)
 
 
-def test_a_trim_planned_before_a_delete_leaves_the_new_history_alone() -> None:
-    storage = _HeldAfterPlanning()
+def _while_a_trim_waits(
+    storage: _HeldAfterPlanning, meanwhile: Callable[[PersistenceManager[Layout]], None]
+) -> PersistenceManager[Layout]:
+    """Save versions 1 to 4 (4 asks for a trim, held once it has planned), run
+    *meanwhile*, then let the trim finish; return the trimming manager."""
     pm = _trimming(storage)
-    _save_alice(pm, range(1, 5))  # version 4 asks for a trim, held once it has planned
+    _save_alice(pm, range(1, 5))
     assert storage.planned.wait(5)
-
-    # Deleted and written again to the same content, but with version 2 labelled: the
-    # plan (remove 1 and 2) knows nothing of it, and version 4 has the same checksum.
-    pm.delete_layout("alice")
-    _save_alice(pm, range(1, 5), labelled=2)
+    meanwhile(pm)
     storage.release.set()
     pm.flush()
     assert not storage.timed_out
+    return pm
+
+
+def test_a_trim_planned_before_a_delete_leaves_the_new_history_alone() -> None:
+    def rewrite(pm: PersistenceManager[Layout]) -> None:
+        # Deleted and written again to the same content, but with version 2 labelled:
+        # the plan (remove 1 and 2) knows nothing of it, and version 4 has the same
+        # checksum.
+        pm.delete_layout("alice")
+        _save_alice(pm, range(1, 5), labelled=2)
+
+    pm = _while_a_trim_waits(_HeldAfterPlanning(), rewrite)
 
     assert (2, "keep me") in _history(pm)
     assert pm.verify("alice").ok
@@ -314,18 +326,15 @@ def test_a_trim_planned_before_a_delete_leaves_the_new_history_alone() -> None:
 
 def test_a_trim_planned_before_another_writer_recreated_the_document_stands_down() -> None:
     storage = _HeldAfterPlanning()
-    pm = _trimming(storage)
     other = PersistenceManager(storage, start_threads=False)  # keeps all its versions
-    _save_alice(pm, range(1, 5))
-    assert storage.planned.wait(5)
 
-    # Another writer deletes it and writes the same content again, labelling version 2:
-    # this manager sees no deletion, and version 4 has the same checksum.
-    other.delete_layout("alice")
-    _save_alice(other, range(1, 6), labelled=2)
-    storage.release.set()
-    pm.flush()
-    assert not storage.timed_out
+    def rewrite(pm: PersistenceManager[Layout]) -> None:
+        # Another writer deletes it and writes the same content again, labelling
+        # version 2: this manager sees no deletion, and version 4 has the same checksum.
+        other.delete_layout("alice")
+        _save_alice(other, range(1, 6), labelled=2)
+
+    pm = _while_a_trim_waits(storage, rewrite)
 
     # Version 4's record is not the one this manager wrote: the plan is not carried out.
     assert _history(other) == [(5, None), (4, None), (3, None), (2, "keep me"), (1, None)]
