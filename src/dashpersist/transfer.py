@@ -40,6 +40,7 @@ from dashpersist.storage.protocol import (
     Storage,
     StoredDocument,
     VersionRecord,
+    all_versions,
     prepare_import,
 )
 from dashpersist.types import ChangeType, JsonObject, JsonPatch, JsonValue
@@ -62,7 +63,6 @@ __all__ = [
 EXPORT_FORMAT: Final = "dashpersist-export"
 EXPORT_FORMAT_VERSION: Final = 1
 
-_PAGE = 500
 _READ_ATTEMPTS = 5
 _CHANGE_TYPES: Final = frozenset(get_args(ChangeType))
 
@@ -256,15 +256,8 @@ def read_export(lines: Iterable[bytes]) -> Iterator[DocumentWithHistory]:
 
 
 def _whole_history(storage: Storage, key: DocumentKey) -> list[VersionRecord]:
-    """Return every history record of *key*, oldest first, a page at a time."""
-    records: list[VersionRecord] = []
-    before: int | None = None
-    while True:
-        page = storage.versions(key, before=before, limit=_PAGE)
-        records += page
-        if len(page) < _PAGE:
-            return records[::-1]
-        before = page[-1].version
+    """Return every history record of *key*, oldest first."""
+    return all_versions(storage, key)[::-1]
 
 
 def _iso(moment: datetime) -> str:

@@ -21,13 +21,12 @@ from dashpersist.storage.protocol import (
     Storage,
     StoredDocument,
     VersionRecord,
+    all_versions,
     outline_from_versions,
 )
 from dashpersist.types import ChangeType, JsonObject
 
 __all__ = ["IntegrityProblem", "IntegrityReport", "RetentionPlan", "VersionService"]
-
-_PAGE = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +220,7 @@ class VersionService:
         """
         problems: list[IntegrityProblem] = []
         current = self._storage.read(key)
-        records = list(reversed(self._all_records(key)))
+        records = list(reversed(all_versions(self._storage, key)))
         document: JsonObject | None = None
         previous: VersionRecord | None = None
         for record in records:
@@ -348,16 +347,6 @@ class VersionService:
             raise CorruptStoreError(
                 f"{key}: the patch of version {record.version} does not apply"
             ) from exc
-
-    def _all_records(self, key: DocumentKey, *, before: int | None = None) -> list[VersionRecord]:
-        """Return every record below *before*, newest first, a page at a time."""
-        records: list[VersionRecord] = []
-        while True:
-            page = self._storage.versions(key, before=before, limit=_PAGE)
-            records += page
-            if len(page) < _PAGE:
-                return records
-            before = page[-1].version
 
 
 def version_carrying(

@@ -27,6 +27,7 @@ __all__ = [
     "StoredDocument",
     "VersionOutline",
     "VersionRecord",
+    "all_versions",
     "outline_from_versions",
     "prepare_import",
     "prepare_write",
@@ -125,21 +126,31 @@ class VersionOutline:
     """Whether the record holds the whole document (``snapshot``)."""
 
 
-def outline_from_versions(
+def all_versions(
     storage: Storage, key: DocumentKey, *, before: int | None = None
-) -> list[VersionOutline]:
-    """`Storage.version_outline` from `Storage.versions`, a page at a time: for backends
-    that cannot leave the content out of a read."""
-    outline: list[VersionOutline] = []
+) -> list[VersionRecord]:
+    """Every history record of *key* below *before*, newest first, read a page at a time."""
+    records: list[VersionRecord] = []
     while True:
-        page = storage.versions(key, before=before, limit=_OUTLINE_PAGE)
-        outline += [VersionOutline(r.version, r.label, r.snapshot is not None) for r in page]
-        if len(page) < _OUTLINE_PAGE:
-            return outline
+        page = storage.versions(key, before=before, limit=_PAGE)
+        records += page
+        if len(page) < _PAGE:
+            return records
         before = page[-1].version
 
 
-_OUTLINE_PAGE = 500
+def outline_from_versions(
+    storage: Storage, key: DocumentKey, *, before: int | None = None
+) -> list[VersionOutline]:
+    """`Storage.version_outline` from `Storage.versions`: for backends that cannot leave
+    the content out of a read."""
+    return [
+        VersionOutline(r.version, r.label, r.snapshot is not None)
+        for r in all_versions(storage, key, before=before)
+    ]
+
+
+_PAGE = 500
 
 
 @dataclass(frozen=True, slots=True)
