@@ -74,7 +74,7 @@ def test_the_outline_read_page_by_page_is_the_same(
 ) -> None:
     """`outline_from_versions`, for backends that cannot leave content out, across the
     edges of its pages (5 records here)."""
-    monkeypatch.setattr("dashpersist.storage.protocol._OUTLINE_PAGE", 5)
+    monkeypatch.setattr("dashpersist.storage.protocol._PAGE", 5)
     pm = manager_for(storage, keyframe_interval=4)
     for revision in range(1, 23):
         pm.save_layout("alice", board(revision), label="kept" if revision % 7 == 0 else None)

@@ -123,18 +123,26 @@ def test_a_task_that_waits_for_housekeeping_does_not_wait_for_itself() -> None:
     keeper.close()
 
 
-class _SlowTrims(MemoryStorage):
-    """A real MemoryStorage whose history trims wait for a signal."""
+class _Held(MemoryStorage):
+    """A real MemoryStorage that holds the housekeeping thread at one point of a trim
+    (its subclass's), says it got there (`reached`) and waits for `release`."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.trimming = threading.Event()
+        self.reached = threading.Event()
         self.release = threading.Event()
         self.timed_out = False  # the hold ended by itself, not by the test: it proved nothing
 
-    def compact(self, key: DocumentKey, **trim: Any) -> None:
-        self.trimming.set()
+    def _hold(self) -> None:
+        self.reached.set()
         self.timed_out |= not self.release.wait(HOLD)
+
+
+class _SlowTrims(_Held):
+    """Held as a trim deletes."""
+
+    def compact(self, key: DocumentKey, **trim: Any) -> None:
+        self._hold()
         super().compact(key, **trim)
 
 
@@ -145,7 +153,7 @@ def test_a_save_does_not_wait_for_its_trim_and_readers_of_history_do() -> None:
         result = pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True)
 
     assert result.version == 4
-    assert storage.trimming.wait(5)  # the save returned while its trim waits
+    assert storage.reached.wait(5)  # the save returned while its trim waits
     history: list[list[int]] = []
     reader = threading.Thread(
         target=lambda: history.append([v.version for v in pm.get_version_history("alice")])
@@ -196,19 +204,16 @@ def test_without_a_thread_to_start_a_task_runs_at_once(monkeypatch: pytest.Monke
     keeper.close()
 
 
-class _HeldTrimReads(MemoryStorage):
-    """A real MemoryStorage whose trims wait as they start reading what to remove."""
+def _on_housekeeping_thread() -> bool:
+    return threading.current_thread().name == "dashpersist-housekeeping"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.reading = threading.Event()
-        self.release = threading.Event()
-        self.timed_out = False
+
+class _HeldTrimReads(_Held):
+    """Held as a trim starts reading what to remove."""
 
     def version_outline(self, key: DocumentKey, **page: Any) -> list[VersionOutline]:
-        if threading.current_thread().name == "dashpersist-housekeeping":
-            self.reading.set()
-            self.timed_out |= not self.release.wait(HOLD)
+        if _on_housekeeping_thread():
+            self._hold()
         return super().version_outline(key, **page)
 
 
@@ -219,7 +224,7 @@ def test_a_trim_skips_a_document_deleted_and_created_again_meanwhile() -> None:
     other = PersistenceManager(storage, config=config, start_threads=False)
     for n in range(1, 5):  # version 4 asks for a trim
         pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True)
-    assert storage.reading.wait(5)
+    assert storage.reached.wait(5)
 
     # Another manager deletes the document and writes three new versions meanwhile.
     other.delete_layout("alice")
@@ -240,7 +245,7 @@ def test_saves_go_on_while_a_trim_reads_and_the_newest_trim_asked_for_runs() -> 
     pm = PersistenceManager(storage, config=PersistenceConfig(max_versions=2, keyframe_interval=2))
     for n in range(1, 5):  # version 4 asks for a trim, whose first read is held
         pm.save_layout("alice", Layout(theme=f"t{n}"), immediate=True)
-    assert storage.reading.wait(5)
+    assert storage.reached.wait(5)
 
     started = time.monotonic()
     for n in range(5, 9):  # versions 6 and 8 ask for trims while it reads
@@ -256,22 +261,14 @@ def test_saves_go_on_while_a_trim_reads_and_the_newest_trim_asked_for_runs() -> 
     pm.close()
 
 
-class _HeldAfterPlanning(MemoryStorage):
-    """A real MemoryStorage that holds the housekeeping thread once a trim has read the
-    history it plans from, before the trim takes the document's lock."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.planned = threading.Event()
-        self.release = threading.Event()
-        self.timed_out = False
+class _HeldAfterPlanning(_Held):
+    """Held, once, when a trim has read the history it plans from, before it takes the
+    document's lock."""
 
     def version_outline(self, key: DocumentKey, **page: Any) -> list[VersionOutline]:
         outline = super().version_outline(key, **page)
-        on_thread = threading.current_thread().name == "dashpersist-housekeeping"
-        if on_thread and not self.planned.is_set():
-            self.planned.set()
-            self.timed_out |= not self.release.wait(HOLD)
+        if _on_housekeeping_thread() and not self.reached.is_set():
+            self._hold()
         return outline
 
 
@@ -301,7 +298,7 @@ def _while_a_trim_waits(
     *meanwhile*, then let the trim finish; return the trimming manager."""
     pm = _trimming(storage)
     _save_alice(pm, range(1, 5))
-    assert storage.planned.wait(5)
+    assert storage.reached.wait(5)
     meanwhile(pm)
     storage.release.set()
     pm.flush()
@@ -369,7 +366,7 @@ def test_deleting_another_document_does_not_stop_a_trim() -> None:
     pm = _trimming(storage)
     pm.save_layout("bob", Layout(theme="bob"), immediate=True)
     _save_alice(pm, range(1, 5))  # alice's version 4 asks for a trim, held once planned
-    assert storage.planned.wait(5)
+    assert storage.reached.wait(5)
 
     pm.delete_layout("bob")
     storage.release.set()
