@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine
@@ -132,3 +133,28 @@ def test_a_ping_that_cannot_watch_its_socket_counts_as_a_lost_connection(
 
     assert refused  # a ping tried, and its thread went on to reconnect
     assert back and listener.wait_until_listening(10)
+
+
+def test_an_unexpected_error_in_the_listen_loop_is_logged_and_listening_resumes(
+    listener: ChangeListener,
+    reconnected: threading.Event,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from dashpersist import notify
+
+    real_deadline = notify.socket_deadline
+    raised: list[str] = []
+
+    def no_thread_once(*args: Any, **kwargs: Any) -> Any:
+        if not raised:  # as Thread.start() raises when no thread can be had
+            raised.append("once")
+            raise RuntimeError("can't start new thread")
+        return real_deadline(*args, **kwargs)
+
+    monkeypatch.setattr(notify, "socket_deadline", no_thread_once)
+    back = reconnected.wait(10)
+
+    assert raised
+    assert back and listener.wait_until_listening(10)
+    assert "change listener failed" in caplog.text
