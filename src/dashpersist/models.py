@@ -118,7 +118,10 @@ class Widget(BaseModel):
 
     def with_changes(self, **changes: object) -> Self:
         """Return a validated copy with *changes* applied, e.g. ``widget.with_changes(x=3)``."""
-        changed = type(self).model_validate({**self.model_dump(mode="json"), **changes})
+        # The field values validate as they are: a dump first would cost more, and its
+        # JSON forms (a list for a tuple) could fail a subclass's strict fields.
+        current = {**self.__dict__, **(self.__pydantic_extra__ or {})}
+        changed = type(self).model_validate({**current, **changes})
         _mark_validated(changed)
         return changed
 
@@ -196,7 +199,16 @@ class Layout(BaseModel):
 
     def update_widget(self, widget_id: str, **changes: object) -> Self:
         """Return a copy in which widget *widget_id* has *changes*, e.g. ``x=0, y=4``."""
-        return self.with_widget(self.widget(widget_id).with_changes(**changes))
+        widgets = self.widgets
+        index = next((i for i, w in enumerate(widgets) if w.id == widget_id), None)
+        if index is None:
+            raise KeyError(widget_id)
+        widget = widgets[index].with_changes(**changes)
+        if widget.id != widget_id:
+            return self.with_widget(widget)  # another id: added, or replacing its holder
+        replaced = (*widgets[:index], widget, *widgets[index + 1 :])
+        # Ids stay unique: only the changed widget can leave the grid.
+        return self._with_widgets(replaced, fits=widget.x + widget.w <= self.columns)
 
     @model_validator(mode="after")
     def _check_grid(self) -> Layout:

@@ -35,7 +35,7 @@ import re
 import threading
 import typing
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, count, repeat
 from typing import Generic, NoReturn, TypeAlias, TypeVar, cast, overload
@@ -579,6 +579,13 @@ class Validator(Generic[ModelT]):
         self.schema = cast(type[ModelT], schema)
         self.raw_fields = tuple(raw_fields)
         self._keyed = _keyed_lists(schema)
+        self._keyed_names = {keyed.name for keyed in self._keyed}
+        shell_fields = [name for name in schema.model_fields if name not in self._keyed_names]
+        self._shell_getter: Callable[[BaseModel], tuple[object, ...]] = (
+            operator.attrgetter(*shell_fields)
+            if len(shell_fields) > 1
+            else lambda document: tuple(getattr(document, name) for name in shell_fields)
+        )
         self._widget_types: dict[str, type[BaseModel]] = {}
 
     @property
@@ -730,9 +737,9 @@ class Validator(Generic[ModelT]):
 
     def _check_shape(
         self, value: JsonValue, raw: bytes | None, *, path: str = "", depth: int = 1
-    ) -> None:
+    ) -> bytes:
         """Enforce the limits on *value*, found *depth* levels below the root; *raw* is
-        the JSON text it was parsed from, if any."""
+        the JSON text it was parsed from, if any. Return *value*'s canonical JSON."""
         summary = _fits(value, self.limits, depth=depth)
         encoded = None if summary is None else _encode(value)
         if encoded is None or _suspicious_bytes(encoded):
@@ -752,6 +759,7 @@ class Validator(Generic[ModelT]):
             findings = _inspect(_parse_marked(raw, self.limits.max_integer), self.limits)
             if findings.errors:
                 _raise(findings.errors)
+        return encoded
 
     def _check_top_level(self, value: JsonObject) -> None:
         reserved = self.limits.reserved_keys.intersection(value)
@@ -764,6 +772,9 @@ class Validator(Generic[ModelT]):
                     for key in sorted(reserved)
                 ]
             )
+        self._check_item_counts(value)
+
+    def _check_item_counts(self, value: Mapping[str, object]) -> None:
         for keyed in self._keyed:
             items = value.get(keyed.name)
             too_many = isinstance(items, list) and len(items) > self.limits.max_widgets
@@ -780,6 +791,8 @@ class Validator(Generic[ModelT]):
                 )
 
     def _check_settings(self, item: BaseModel, path: str, warnings: list[ValidationIssue]) -> None:
+        if not self._widget_types and self._allow_unknown_widget_types:
+            return  # nothing registered, nothing refused: no rule applies
         type_name = getattr(item, "type", None)
         settings_model = self._widget_types.get(type_name) if isinstance(type_name, str) else None
         if settings_model is None:
@@ -804,7 +817,7 @@ class Validator(Generic[ModelT]):
             _raise(_issues_of(exc, f"{path}.settings"), exc)
 
     def _check_incrementally(self, document: JsonObject) -> JsonObject:
-        keyed_names = {keyed.name for keyed in self._keyed}
+        keyed_names = self._keyed_names
         if len(document) > self.limits.max_keys_per_object:
             return self._full(document)
         shell = {key: child for key, child in document.items() if key not in keyed_names}
@@ -842,24 +855,24 @@ class Validator(Generic[ModelT]):
         already, and immutable ones checked before are known by identity, not dumped.
         For an immutable schema, the rest (the shell) of the last model checked is known
         by the identity of its field values: an edit of a widget leaves them all."""
-        keyed_names = {keyed.name for keyed in self._keyed}
-        shell_values = self._shell_values(document, keyed_names)
+        keyed_names = self._keyed_names
+        shell_values = self._shell_values(document)
         last = self._last_shell
-        if (
+        remembered = (
             shell_values is not None
             and last is not None
             and len(last[0]) == len(shell_values)
             and all(map(operator.is_, last[0], shell_values))
-        ):
-            shell, size = dict(last[1]), last[2]
+        )
+        if remembered:
+            shell, size = dict(last[1]), last[2]  # type: ignore[index]
         else:
             shell = cast(JsonObject, document.model_dump(mode="json", exclude=keyed_names))
             if len(shell) + len(keyed_names) > self.limits.max_keys_per_object:
                 return self._full(cast(JsonObject, document.model_dump(mode="json")))
             self._check_shape(shell, None)
             size = len(_encode(shell) or b"")
-            if shell_values is not None:
-                self._last_shell = (shell_values, dict(shell), size)
+        shell_size = size
         checked: dict[str, list[_CheckedModel]] = {}
         for keyed in self._keyed:
             models = getattr(document, keyed.name)
@@ -869,7 +882,11 @@ class Validator(Generic[ModelT]):
             # Each item's JSON and a separator, and the brackets and key around them.
             size += sum(map(len, map(_ENCODED, entries))) + len(entries) + 12
         output_items = {name: list(map(_PLAIN, entries)) for name, entries in checked.items()}
-        self._check_top_level({**shell, **output_items})
+        if remembered:
+            # Its keys passed with these limits (see below): only the item counts are new.
+            self._check_item_counts(output_items)
+        else:
+            self._check_top_level({**shell, **output_items})
         if size > self.limits.max_document_bytes:
             return self._full(cast(JsonObject, document.model_dump(mode="json")))
         if not was_validated(document):
@@ -880,17 +897,18 @@ class Validator(Generic[ModelT]):
                 self.schema.model_validate({**shell, **items})
             except pydantic.ValidationError as exc:
                 _raise(_issues_of(exc), exc)
+        if shell_values is not None and not remembered:
+            # Remembered only once every check of it passed.
+            self._last_shell = (shell_values, dict(shell), shell_size)
         shell.update(output_items)
         return shell
 
-    def _shell_values(
-        self, document: BaseModel, keyed_names: set[str]
-    ) -> tuple[object, ...] | None:
+    def _shell_values(self, document: BaseModel) -> tuple[object, ...] | None:
         """The values of *document*'s fields outside its keyed lists, when its class
         promises immutability (see `IMMUTABLE_MARKER`) and it holds no extra fields."""
         if not self._immutable_schema or document.__pydantic_extra__:
             return None
-        return tuple(value for name, value in document.__dict__.items() if name not in keyed_names)
+        return self._shell_getter(document)
 
     def _checked_models(
         self, keyed: _KeyedList, models: Sequence[BaseModel]
@@ -922,16 +940,17 @@ class Validator(Generic[ModelT]):
                 checked[index] = self._checked_valid_model(keyed, path, model, item)
             else:
                 unproven.append(index)
-        by_position = dict(zip(missing, dumped, strict=True))
-        checked.update(
-            zip(
-                unproven,
-                self._checked_items(
-                    keyed, [by_position[index] for index in unproven], indices=unproven
-                ),
-                strict=True,
+        if unproven:
+            by_position = dict(zip(missing, dumped, strict=True))
+            checked.update(
+                zip(
+                    unproven,
+                    self._checked_items(
+                        keyed, [by_position[index] for index in unproven], indices=unproven
+                    ),
+                    strict=True,
+                )
             )
-        )
         for index in missing:
             model, entry_checked = models[index], checked[index]
             entry = _CheckedModel(
@@ -998,10 +1017,9 @@ class Validator(Generic[ModelT]):
     ) -> _Checked:
         """Check an item model validation built against what it cannot know: the limits
         and the registered settings models. Its dump is its normalized form."""
-        self._check_shape(item, None, path=path, depth=3)
+        normalized = self._check_shape(item, None, path=path, depth=3)
         if keyed.typed_settings:
             self._check_settings(model, path, [])
-        normalized = orjson.dumps(item, option=_SORTED)
         return _Checked(model, normalized, True, item)
 
     def _full(self, document: JsonObject) -> JsonObject:

@@ -67,3 +67,53 @@ def test_an_edit_of_an_unvalidated_layout_checks_the_whole_grid() -> None:
 
     with pytest.raises(pydantic.ValidationError):
         unchecked.update_widget("b", h=2)
+
+
+def test_with_changes_equals_validating_the_widget_dump_with_the_changes() -> None:
+    widget = Widget(id="w1", type="chart", settings={"series": ["a", "b"], "opts": {"k": 1}})
+
+    changed = widget.with_changes(title="T", h=3)
+
+    expected = Widget.model_validate({**widget.model_dump(mode="json"), "title": "T", "h": 3})
+    assert changed == expected
+    assert was_validated(changed)
+    with pytest.raises(TypeError):
+        changed.settings["series"].append("c")  # type: ignore[attr-defined]  # still deep-frozen
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"h": 0}, {"x": 1.5}, {"id": "../x"}, {"unknown": 1}, {"settings": {"v": float("nan")}}],
+    ids=["below-minimum", "float-for-int", "bad-id", "unknown-field", "nan"],
+)
+def test_with_changes_refuses_what_validation_refuses(changes: dict[str, object]) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        Widget(id="w1", type="chart").with_changes(**changes)
+
+
+class TaggedWidget(Widget):
+    """A host's widget subclass with a field of its own."""
+
+    tags: tuple[str, ...] = ()
+
+
+def test_a_widget_subclass_keeps_its_own_fields_through_with_changes() -> None:
+    # Its tuple field once went through a JSON dump, and strict validation refused the list.
+    widget = TaggedWidget(id="w1", type="chart", tags=("a",))
+
+    changed = widget.with_changes(h=2)
+
+    assert type(changed) is TaggedWidget and changed.tags == ("a",) and changed.h == 2
+
+
+def test_update_widget_of_a_missing_id_raises_key_error() -> None:
+    with pytest.raises(KeyError):
+        board().update_widget("missing", h=2)
+
+
+def test_update_widget_that_changes_the_id_behaves_like_with_widget() -> None:
+    layout = board()
+
+    for new_id in ("fresh", "w0"):  # a new id is added; an existing one is replaced
+        renamed = layout.update_widget("w1", id=new_id, x=0)
+        assert renamed == layout.with_widget(layout.widget("w1").with_changes(id=new_id, x=0))

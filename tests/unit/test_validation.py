@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dashpersist._canonical import canonical_json
 from dashpersist.encryption import Encrypted
 from dashpersist.errors import PayloadTooLargeError, ValidationError
-from dashpersist.models import Layout
+from dashpersist.models import Layout, Widget
 from dashpersist.types import JsonObject, JsonValue
 from dashpersist.validation import Limits, Validator, validate
 
@@ -731,3 +731,13 @@ def test_canonical_refuses_a_shell_json_cannot_hold_like_canonical_json() -> Non
 
     with pytest.raises(ValidationError, match="not representable as JSON"):
         validator.canonical({**output, "metadata": {"tags": {"a", "b"}}})
+
+
+def test_a_remembered_shell_still_has_its_widgets_counted() -> None:
+    validator = Validator(Limits(max_widgets=3))
+    layout = _layout_model(3)
+    validator.check_json(layout)
+    # The same shell values (theme, filters, ...) by identity, one widget too many.
+    crowded = layout.model_copy(update={"widgets": (*layout.widgets, Widget(id="w9", type="t"))})
+
+    assert refusal_json_of(crowded, validator).issues[0].rule == "max_widgets"
