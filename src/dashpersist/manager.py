@@ -922,8 +922,11 @@ class PersistenceManager(Generic[DocT]):
             raise ManagerClosedError("this PersistenceManager is closed")
 
     def _lock_for(self, key: DocumentKey) -> threading.RLock:
-        with self._locks_guard:
-            return self._key_locks.setdefault(key, threading.RLock())
+        lock = self._key_locks.get(key)  # a dict read is atomic: the common case, lock-free
+        if lock is None:
+            with self._locks_guard:
+                lock = self._key_locks.setdefault(key, threading.RLock())
+        return lock
 
     def _retry(self, operation: Callable[[], T]) -> T:
         return self._committer.retry(operation)
