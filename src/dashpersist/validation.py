@@ -26,6 +26,7 @@ over-long strings) and lists each fix as a warning.
 
 from __future__ import annotations
 
+import collections
 import functools
 import html
 import json
@@ -481,9 +482,9 @@ class _KeyedList:
 @dataclass(frozen=True, slots=True)
 class _Checked:
     item: BaseModel
-    normalized: bytes
-    was_normalized: bool
-    snapshot: JsonValue
+    normalized: bytes  # the canonical JSON of the item's dump
+    snapshot: JsonValue  # the input it was made from (a parse of its key)
+    output: JsonValue  # the JSON handed out for it: shared, never changed
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -498,6 +499,9 @@ class _CheckedModel:
 
 _PLAIN = operator.attrgetter("plain")
 _ENCODED = operator.attrgetter("encoded")
+_ITEM = operator.attrgetter("item")
+_NORMALIZED = operator.attrgetter("normalized")
+_OUTPUT = operator.attrgetter("output")
 
 
 def _keyed_lists(schema: type[BaseModel]) -> tuple[_KeyedList, ...]:
@@ -833,13 +837,10 @@ class Validator(Generic[ModelT]):
             if type(raw_items) is not list or len(raw_items) > self.limits.max_array_length:
                 return self._full(document)
             checked = self._checked_items(keyed, raw_items)
-            items[keyed.name] = [entry.item for entry in checked]
+            items[keyed.name] = list(map(_ITEM, checked))
             # Our own parsed copies (shared with earlier results, never with *document*).
-            output_items[keyed.name] = [
-                entry.snapshot if entry.was_normalized else orjson.loads(entry.normalized)
-                for entry in checked
-            ]
-            size += sum(len(entry.normalized) for entry in checked) + len(checked) + 12
+            output_items[keyed.name] = list(map(_OUTPUT, checked))
+            size += sum(map(len, map(_NORMALIZED, checked))) + len(checked) + 12
         if size > self.limits.max_document_bytes:
             return self._full(document)
         try:
@@ -956,10 +957,7 @@ class Validator(Generic[ModelT]):
             entry = _CheckedModel(
                 model,
                 entry_checked.item,
-                # The validator's own copy: shared by every save that holds the widget.
-                entry_checked.snapshot
-                if entry_checked.was_normalized
-                else orjson.loads(entry_checked.normalized),
+                entry_checked.output,  # the validator's copy: shared by every save holding it
                 entry_checked.normalized,
             )
             found[index] = entry
@@ -1020,7 +1018,7 @@ class Validator(Generic[ModelT]):
         normalized = self._check_shape(item, None, path=path, depth=3)
         if keyed.typed_settings:
             self._check_settings(model, path, [])
-        return _Checked(model, normalized, True, item)
+        return _Checked(model, normalized, item, item)
 
     def _full(self, document: JsonObject) -> JsonObject:
         return cast(JsonObject, self._finish(document, None, []).model_dump(mode="json"))
@@ -1029,13 +1027,22 @@ class Validator(Generic[ModelT]):
         self, keyed: _KeyedList, items: list[JsonValue], *, indices: Sequence[int] | None = None
     ) -> list[_Checked]:
         """Check *items* of a keyed list (at *indices* of it, by default 0, 1, ...)."""
-        keys = [_item_key(item) for item in items]
-        cache = self._cache.setdefault(keyed.name, OrderedDict())
+        try:
+            # Items that are no objects encode too; no cache entry has their key.
+            keys: list[bytes | None] = [
+                orjson.dumps(item, option=_ITEM_KEY_OPTIONS) for item in items
+            ]
+        except (orjson.JSONEncodeError, TypeError):
+            keys = [_item_key(item) for item in items]
+        cache = self._cache.get(keyed.name)
+        if cache is None:
+            cache = self._cache.setdefault(keyed.name, OrderedDict())
+        # C-level maps: None keys (items that cannot be keys) find nothing, move nothing.
+        get = cast(Callable[[bytes | None], _Checked | None], cache.get)
+        move_to_end = cast(Callable[[bytes | None], None], cache.move_to_end)
         with self._lock:
-            found = [None if key is None else cache.get(key) for key in keys]
-            for key, hit in zip(keys, found, strict=True):
-                if hit is not None:
-                    cache.move_to_end(key)  # type: ignore[arg-type]
+            found = list(map(get, keys))
+            collections.deque(map(move_to_end, compress(keys, found)), maxlen=0)
         return [
             hit
             # The bytes match; equality also rules out what orjson encodes like JSON but
@@ -1063,7 +1070,10 @@ class Validator(Generic[ModelT]):
         if keyed.typed_settings:
             self._check_settings(model, path, [])
         normalized = orjson.dumps(model.model_dump(mode="json"), option=_SORTED)
-        entry = _Checked(model, normalized, normalized == key, orjson.loads(key or b"null"))
+        snapshot = orjson.loads(key or b"null")
+        # The input, when it was the normalized form already; else a parse of that.
+        output = snapshot if normalized == key else orjson.loads(normalized)
+        entry = _Checked(model, normalized, snapshot, output)
         if key is not None and self._cache_size > 0:
             with self._lock:
                 cache[key] = entry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import time
 import tracemalloc
 from collections.abc import Mapping
@@ -12,7 +13,7 @@ import pydantic
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from dashpersist._canonical import canonical_json
+from dashpersist._canonical import canonical_json, copy_json
 from dashpersist.encryption import Encrypted
 from dashpersist.errors import PayloadTooLargeError, ValidationError
 from dashpersist.models import Layout, Widget
@@ -741,3 +742,16 @@ def test_a_remembered_shell_still_has_its_widgets_counted() -> None:
     crowded = layout.model_copy(update={"widgets": (*layout.widgets, Widget(id="w9", type="t"))})
 
     assert refusal_json_of(crowded, validator).issues[0].rule == "max_widgets"
+
+
+def test_a_widget_given_without_its_defaults_is_parsed_once_and_shared() -> None:
+    validator = Validator()
+    sparse = {"widgets": [{"id": "w1", "type": "chart"}, {"id": "w2", "type": "chart"}]}
+
+    first = validator.check_json(sparse)
+    again = validator.check_json(copy_json(sparse))
+
+    expected = Layout.model_validate(sparse).model_dump(mode="json")["widgets"]
+    assert first["widgets"] == again["widgets"] == expected
+    assert all(map(operator.is_, first["widgets"], again["widgets"]))  # one copy, shared
+    assert first["widgets"][0] is not sparse["widgets"][0]  # never the caller's object
