@@ -393,6 +393,7 @@ class PersistenceManager(Generic[DocT]):
             for slot in self._queued_slots(key):
                 self._autosave.discard(slot)
             self._journal.forget(key)
+            self._view_models.pop(key, None)
             try:
                 self._retry(lambda: self._storage.delete(key))
             finally:
@@ -965,6 +966,13 @@ class PersistenceManager(Generic[DocT]):
     def _settle_success(self, key: DocumentKey, pending: PendingSave, result: SaveResult) -> None:
         if pending.journal_through is not None:
             self._journal.confirm(key, pending.journal_through, pending.plain, result)
+            self._forget_view_if_settled(key)
+
+    def _forget_view_if_settled(self, key: DocumentKey) -> None:
+        """Drop the model kept for *key*'s optimistic view once no change is pending: a
+        server applying changes to many documents would otherwise keep one of each."""
+        if not self._journal.has_pending(key):
+            self._view_models.pop(key, None)
 
     def _settle_failure(
         self, key: DocumentKey, pending: PendingSave, error: DashPersistError
@@ -973,6 +981,7 @@ class PersistenceManager(Generic[DocT]):
         if pending.journal_through is None:
             return
         view = self._journal.fail(key, pending.journal_through, error, check=self._codec.validate)
+        self._forget_view_if_settled(key)
         rest = self._journal.pending(key)
         if view is not None and rest:
             self._autosave.put(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,31 @@ def test_a_callback_that_raises_does_not_break_the_manager(tmp_path: Path) -> No
 
     assert view.theme == "dark"
     assert pm.load_layout("alice") == view
+
+
+@pytest.mark.parametrize("outcome", ["confirmed", "rolled back", "deleted"])
+def test_a_settled_document_keeps_no_model_of_its_optimistic_view(
+    tmp_path: Path, outcome: str
+) -> None:
+    # A server applying changes to many users' documents must not keep a model of each.
+    storage = FaultyStorage(MemoryStorage())
+    pm = make(storage, tmp_path, enable_conflict_resolution=False)
+    pm.save_layout("alice", base(), immediate=True)
+    view = pm.apply("alice", lambda layout: layout.update_widget("w1", title="edited"))
+    kept = weakref.ref(view)
+    if outcome == "rolled back":
+        storage.fail_next(
+            "write",
+            error=lambda: ConflictError(
+                DocumentKey("alice"), expected_version=1, actual_version=5, message="refused"
+            ),
+        )
+    if outcome == "deleted":
+        pm.delete_layout("alice")
+    else:
+        pm.flush()
+    del view
+    gc.collect()
+
+    assert pm.pending("alice") == []
+    assert kept() is None
