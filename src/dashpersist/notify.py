@@ -40,7 +40,7 @@ from dashpersist.errors import (
     ValidationError,
     ValidationIssue,
 )
-from dashpersist.storage._deadline import socket_deadline
+from dashpersist.storage._deadline import connect_timeout_for, socket_deadline
 from dashpersist.storage.protocol import DocumentKey
 
 if TYPE_CHECKING:
@@ -171,7 +171,8 @@ class ChangeListener:
     *ping_timeout* seconds has its connection cut, which counts as lost. `close` stops
     it within about *poll_interval* seconds, or what is left of a ping under way (give
     ``close(timeout=...)`` more than *ping_timeout* to wait for that too); no callback
-    runs after `close` returns (unless called from a callback).
+    runs after `close` returns (unless called from a callback). *connect_timeout* bounds
+    each connection attempt (default 5 s, or the URL's ``connect_timeout`` option).
 
     It satisfies `dashpersist.storage.ChangeNotifier`.
     """
@@ -183,7 +184,7 @@ class ChangeListener:
         *,
         on_reconnect: Callable[[], None] | None = None,
         ignore_origin: str | None = None,
-        connect_timeout: float = 5.0,
+        connect_timeout: float | None = None,
         reconnect_delay: float = 0.1,
         max_reconnect_delay: float = 5.0,
         poll_interval: float = 0.1,
@@ -191,7 +192,7 @@ class ChangeListener:
         ping_timeout: float = 10.0,
     ) -> None:
         for name, value in (
-            ("connect_timeout", connect_timeout),
+            ("connect_timeout", 1.0 if connect_timeout is None else connect_timeout),
             ("reconnect_delay", reconnect_delay),
             ("max_reconnect_delay", max_reconnect_delay),
             ("poll_interval", poll_interval),
@@ -201,7 +202,8 @@ class ChangeListener:
             if not (isinstance(value, int | float) and 0 < value < math.inf):
                 raise ConfigurationError(f"{name} must be a finite number of seconds > 0")
         self._connect_args = _connect_args(url_or_engine)
-        self._connect_args["connect_timeout"] = max(2, math.ceil(connect_timeout))
+        seconds = connect_timeout_for(self._connect_args.get("connect_timeout"), connect_timeout)
+        self._connect_args["connect_timeout"] = max(2, math.ceil(seconds))
         self._callback = callback
         self._on_reconnect = on_reconnect
         self._ignore_origin = ignore_origin

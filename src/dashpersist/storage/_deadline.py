@@ -265,19 +265,53 @@ def split_operation_timeout(url: URL) -> tuple[URL, float]:
     Absent, the default (`DEFAULT_OPERATION_TIMEOUT`) applies; ``0`` turns the deadline
     off. Raises `ConfigurationError` for a value that is not a finite number >= 0.
     """
-    raw = url.query.get(OPERATION_TIMEOUT_OPTION)
+    url, seconds = split_seconds(url, OPERATION_TIMEOUT_OPTION, allow_zero=True)
+    return url, DEFAULT_OPERATION_TIMEOUT if seconds is None else seconds
+
+
+DEFAULT_CONNECT_TIMEOUT: Final = 5.0
+"""Seconds connecting (and waiting for a pooled connection) may take, unless set."""
+
+
+def connect_timeout_for(in_url: object, given: float | None) -> float:
+    """Return the connect timeout to use: the URL's ``connect_timeout`` option (libpq's
+    own, *in_url* as the URL gives it, ``None`` when absent), else *given*, else
+    `DEFAULT_CONNECT_TIMEOUT`.
+
+    Raises `ConfigurationError` for a URL value that is not seconds > 0, or one that
+    differs from *given*: a setting given twice must not be silently overridden.
+    """
+    if in_url is None:
+        return DEFAULT_CONNECT_TIMEOUT if given is None else given
+    seconds = _seconds("connect_timeout", in_url, allow_zero=False)
+    if given is not None and given != seconds:
+        raise ConfigurationError("connect_timeout is given twice: in the URL and as an argument")
+    return seconds
+
+
+def split_seconds(url: URL, option: str, *, allow_zero: bool) -> tuple[URL, float | None]:
+    """Return *url* without its query *option*, and the seconds it gives (``None``: absent).
+
+    Raises `ConfigurationError` unless the value is one finite number of seconds, > 0
+    (or >= 0 with *allow_zero*).
+    """
+    raw = url.query.get(option)
     if raw is None:
-        return url, DEFAULT_OPERATION_TIMEOUT
-    message = f"{OPERATION_TIMEOUT_OPTION} must be a finite number of seconds >= 0"
+        return url, None
+    return url.difference_update_query([option]), _seconds(option, raw, allow_zero=allow_zero)
+
+
+def _seconds(option: str, raw: object, *, allow_zero: bool) -> float:
+    message = f"{option} must be a finite number of seconds {'>=' if allow_zero else '>'} 0"
     if not isinstance(raw, str):
         raise ConfigurationError(f"{message}, given once")
     try:
         seconds = float(raw)
     except ValueError as exc:
         raise ConfigurationError(message) from exc
-    if not (seconds >= 0 and math.isfinite(seconds)):
+    if not (math.isfinite(seconds) and (seconds > 0 or (allow_zero and seconds == 0))):
         raise ConfigurationError(message)
-    return url.difference_update_query([OPERATION_TIMEOUT_OPTION]), seconds
+    return seconds
 
 
 def enforce_operation_timeout(engine: Engine, seconds: float) -> None:

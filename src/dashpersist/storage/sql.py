@@ -49,6 +49,8 @@ from dashpersist.errors import (
 )
 from dashpersist.notify import CHANNEL, encode_change, new_origin
 from dashpersist.storage._deadline import (
+    DEFAULT_CONNECT_TIMEOUT,
+    connect_timeout_for,
     enforce_operation_timeout,
     lift_deadline,
     split_operation_timeout,
@@ -113,8 +115,10 @@ class SQLStorage:
     a `ConfigurationError`; SQLStorage never creates folders. ``sqlite://`` (in memory) is
     refused: use `MemoryStorage`.
 
-    PostgreSQL: *connect_timeout* bounds connecting (libpq counts whole seconds, at least
-    2); stale pooled connections (after a server restart) are detected before use. With
+    PostgreSQL: *connect_timeout* (default 5 s; also a query option of the URL,
+    ``?connect_timeout=10``, as libpq has it) bounds connecting (libpq counts whole
+    seconds, at least 2) and the wait for a pooled connection; stale pooled connections
+    (after a server restart) are detected before use. With
     *notify_changes* (the default), every document write, import and delete also sends
     ``NOTIFY dashpersist_changes`` in its transaction, for `dashpersist.notify.ChangeListener`
     in other processes; SQLite has no such channel and ignores it.
@@ -142,7 +146,7 @@ class SQLStorage:
         *,
         synchronous: SynchronousMode = "NORMAL",
         busy_timeout: float = 5.0,
-        connect_timeout: float = 5.0,
+        connect_timeout: float | None = None,
         clock: Callable[[], datetime] | None = None,
         notify_changes: bool = True,
     ) -> None:
@@ -152,7 +156,9 @@ class SQLStorage:
             )
         if not (busy_timeout >= 0 and math.isfinite(busy_timeout)):
             raise ConfigurationError("busy_timeout must be a finite number of seconds >= 0")
-        if not (connect_timeout > 0 and math.isfinite(connect_timeout)):
+        if connect_timeout is not None and not (
+            connect_timeout > 0 and math.isfinite(connect_timeout)
+        ):
             raise ConfigurationError("connect_timeout must be a finite number of seconds > 0")
         self._clock = clock or _now
         self._closed = False
@@ -1098,7 +1104,7 @@ def _assumed_current(
     return expected_version, record.parent_checksum
 
 
-def _create_engine(url_text: str, busy_timeout: float, connect_timeout: float) -> Engine:
+def _create_engine(url_text: str, busy_timeout: float, connect_timeout: float | None) -> Engine:
     try:
         url = make_url(url_text)
     except sa_exc.ArgumentError as exc:
@@ -1108,7 +1114,9 @@ def _create_engine(url_text: str, busy_timeout: float, connect_timeout: float) -
     _check_driver(url)
     if url.get_backend_name() == "sqlite":
         return create_engine(
-            url, connect_args={"timeout": busy_timeout}, pool_timeout=connect_timeout
+            url,
+            connect_args={"timeout": busy_timeout},
+            pool_timeout=connect_timeout or DEFAULT_CONNECT_TIMEOUT,
         )
     try:
         import psycopg  # noqa: F401
@@ -1117,6 +1125,9 @@ def _create_engine(url_text: str, busy_timeout: float, connect_timeout: float) -
             "PostgreSQL needs psycopg 3: pip install 'dashpersist[postgres]'"
         ) from exc
     url, operation_timeout = split_operation_timeout(url)
+    # libpq's own URL option: read here, so that it bounds the pool's wait too, and is
+    # not overridden by the connect_args below (which would otherwise win).
+    connect_timeout = connect_timeout_for(url.query.get("connect_timeout"), connect_timeout)
     engine = create_engine(
         url,
         # With a deadline, the ping runs inside its watched window instead (_deadline.py).
