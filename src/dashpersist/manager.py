@@ -490,15 +490,19 @@ class PersistenceManager(Generic[DocT]):
                 confirmed = None if loaded is None else loaded.document.model_dump(mode="json")
                 if loaded is not None and confirmed is not None:
                     self._view_models[key] = (confirmed, loaded.document)
-            applied, view = self._journal.apply(
-                key,
-                confirmed,
-                journal_change,
-                check=self._codec.validate,
-                on_success=on_success,
-                on_error=on_error,
-                on_rollback=on_rollback,
-            )
+            try:
+                applied, view = self._journal.apply(
+                    key,
+                    confirmed,
+                    journal_change,
+                    check=self._codec.validate,
+                    on_success=on_success,
+                    on_error=on_error,
+                    on_rollback=on_rollback,
+                )
+            except BaseException:
+                self._forget_view_if_settled(key)  # a refused first change leaves nothing
+                raise
             pending = PendingSave(
                 view,
                 "manual",

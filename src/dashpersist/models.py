@@ -118,9 +118,13 @@ class Widget(BaseModel):
 
     def with_changes(self, **changes: object) -> Self:
         """Return a validated copy with *changes* applied, e.g. ``widget.with_changes(x=3)``."""
-        # The field values validate as they are: a dump first would cost more, and its
-        # JSON forms (a list for a tuple) could fail a subclass's strict fields.
-        current = {**self.__dict__, **(self.__pydantic_extra__ or {})}
+        if type(self) is Widget:
+            # Its field values validate as they are (settings deep-frozen): no dump needed.
+            current = self.__dict__
+        else:
+            # A subclass may cache properties in __dict__ or hold mutable models: dump
+            # it, in Python mode (the JSON mode's list for a tuple fails strict fields).
+            current = self.model_dump(exclude=set(type(self).model_computed_fields))
         changed = type(self).model_validate({**current, **changes})
         _mark_validated(changed)
         return changed

@@ -202,7 +202,15 @@ class ChangeListener:
             if not (isinstance(value, int | float) and 0 < value < math.inf):
                 raise ConfigurationError(f"{name} must be a finite number of seconds > 0")
         self._connect_args = _connect_args(url_or_engine)
-        seconds = connect_timeout_for(self._connect_args.get("connect_timeout"), connect_timeout)
+        in_url = self._connect_args.get("connect_timeout")
+        try:
+            seconds = connect_timeout_for(in_url, connect_timeout)
+        except ConfigurationError:
+            if isinstance(url_or_engine, str):
+                raise
+            # An engine the host built, and SQLStorage took: not the place to refuse it.
+            _LOG.warning("ignoring the engine URL's connect_timeout=%r for listening", in_url)
+            seconds = connect_timeout_for(None, connect_timeout)
         self._connect_args["connect_timeout"] = max(2, math.ceil(seconds))
         self._callback = callback
         self._on_reconnect = on_reconnect

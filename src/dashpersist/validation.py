@@ -576,6 +576,7 @@ class Validator(Generic[ModelT]):
         self._by_plain: dict[int, _CheckedModel] = {}
         # The shell of the last model checked: its field values (held), JSON and size.
         self._last_shell: tuple[tuple[object, ...], JsonObject, int] | None = None
+        self._generation = 0  # see _forget
         self._immutable_schema = bool(schema.__dict__.get(IMMUTABLE_MARKER, False))
         self._cache_size = cache_size
         self._limits = limits or Limits()
@@ -615,7 +616,12 @@ class Validator(Generic[ModelT]):
             self._forget()
 
     def _forget(self) -> None:
-        """Drop the remembered checks (the rules changed); call with the lock held."""
+        """Drop the remembered checks (the rules changed); call with the lock held.
+
+        Checks under way keep the rules they started with: what they find is remembered
+        only if no `_forget` came meanwhile (the generation they read is still current).
+        """
+        self._generation += 1
         self._cache.clear()
         self._by_identity.clear()
         self._by_plain.clear()
@@ -856,6 +862,7 @@ class Validator(Generic[ModelT]):
         already, and immutable ones checked before are known by identity, not dumped.
         For an immutable schema, the rest (the shell) of the last model checked is known
         by the identity of its field values: an edit of a widget leaves them all."""
+        generation = self._generation
         keyed_names = self._keyed_names
         shell_values = self._shell_values(document)
         last = self._last_shell
@@ -899,8 +906,10 @@ class Validator(Generic[ModelT]):
             except pydantic.ValidationError as exc:
                 _raise(_issues_of(exc), exc)
         if shell_values is not None and not remembered:
-            # Remembered only once every check of it passed.
-            self._last_shell = (shell_values, dict(shell), shell_size)
+            # Remembered only once every check of it passed, under rules still in force.
+            with self._lock:
+                if self._generation == generation:
+                    self._last_shell = (shell_values, dict(shell), shell_size)
         shell.update(output_items)
         return shell
 
@@ -914,6 +923,7 @@ class Validator(Generic[ModelT]):
     def _checked_models(
         self, keyed: _KeyedList, models: Sequence[BaseModel]
     ) -> list[_CheckedModel]:
+        generation = self._generation
         remembered = keyed.immutable_items
         by_identity = self._by_identity
         if remembered:
@@ -963,6 +973,8 @@ class Validator(Generic[ModelT]):
             found[index] = entry
             if remembered and type(model) is keyed.item_model and self._cache_size > 0:
                 with self._lock:
+                    if self._generation != generation:
+                        continue  # checked under rules changed since: not remembered
                     by_identity[id(model)] = entry
                     self._by_plain[id(entry.plain)] = entry
                     while len(by_identity) > self._cache_size:

@@ -7,7 +7,7 @@ hook, after the arguments the driver would get are known.
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import create_engine, event
 
 from dashpersist.errors import ConfigurationError
 from dashpersist.notify import ChangeListener
@@ -79,3 +79,23 @@ def test_the_change_listener_takes_the_url_connect_timeout() -> None:
         assert listener._connect_args["connect_timeout"] == 9
     finally:
         listener.close()
+
+
+def test_libpq_wait_for_ever_is_refused_with_a_reason() -> None:
+    with pytest.raises(ConfigurationError, match="wait for ever"):
+        _create_engine(f"{URL}?connect_timeout=0", 5.0, None)
+
+
+def test_a_listener_on_a_host_engine_with_connect_timeout_zero_uses_the_default(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The host built the engine (libpq's 0 in its URL) and SQLStorage took it as it is:
+    # the listener the manager starts for it must not fail on it.
+    engine = create_engine(f"{URL.replace('postgresql', 'postgresql+psycopg')}?connect_timeout=0")
+    listener = ChangeListener(engine, lambda change: None)
+    try:
+        assert listener._connect_args["connect_timeout"] == DEFAULT_CONNECT_TIMEOUT
+        assert "ignoring the engine URL's connect_timeout" in caplog.text
+    finally:
+        listener.close()
+        engine.dispose()

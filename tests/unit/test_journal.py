@@ -205,7 +205,7 @@ def test_a_callback_that_raises_does_not_break_the_manager(tmp_path: Path) -> No
     assert pm.load_layout("alice") == view
 
 
-@pytest.mark.parametrize("outcome", ["confirmed", "rolled back", "deleted"])
+@pytest.mark.parametrize("outcome", ["confirmed", "rolled back", "deleted", "refused"])
 def test_a_settled_document_keeps_no_model_of_its_optimistic_view(
     tmp_path: Path, outcome: str
 ) -> None:
@@ -213,6 +213,17 @@ def test_a_settled_document_keeps_no_model_of_its_optimistic_view(
     storage = FaultyStorage(MemoryStorage())
     pm = make(storage, tmp_path, enable_conflict_resolution=False)
     pm.save_layout("alice", base(), immediate=True)
+    if outcome == "refused":
+        loaded = pm.load_layout("alice")
+        assert loaded is not None
+        kept = weakref.ref(loaded)
+        with pytest.raises(ValidationError):
+            pm.apply("alice", [{"op": "replace", "path": "/widgets/0/w", "value": 0}])
+        del loaded
+        pm._cache.clear()  # the read cache may keep a loaded model; the view must not
+        gc.collect()
+        assert kept() is None
+        return
     view = pm.apply("alice", lambda layout: layout.update_widget("w1", title="edited"))
     kept = weakref.ref(view)
     if outcome == "rolled back":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pydantic
 import pytest
 
@@ -91,19 +93,36 @@ def test_with_changes_refuses_what_validation_refuses(changes: dict[str, object]
         Widget(id="w1", type="chart").with_changes(**changes)
 
 
+class Style(pydantic.BaseModel):
+    color: str = "red"
+
+
 class TaggedWidget(Widget):
-    """A host's widget subclass with a field of its own."""
+    """A host's widget subclass with fields of its own, a cached and a computed property."""
 
     tags: tuple[str, ...] = ()
+    style: Style = Style()
+
+    @functools.cached_property
+    def area(self) -> int:
+        return self.w * self.h
+
+    @pydantic.computed_field  # type: ignore[prop-decorator]
+    @property
+    def label(self) -> str:
+        return f"{self.type}:{self.id}"
 
 
 def test_a_widget_subclass_keeps_its_own_fields_through_with_changes() -> None:
     # Its tuple field once went through a JSON dump, and strict validation refused the list.
-    widget = TaggedWidget(id="w1", type="chart", tags=("a",))
+    widget = TaggedWidget(id="w1", type="chart", tags=("a",), style=Style(color="blue"))
+    assert widget.area == 1 and widget.label == "chart:w1"  # cached in __dict__, computed
 
     changed = widget.with_changes(h=2)
 
     assert type(changed) is TaggedWidget and changed.tags == ("a",) and changed.h == 2
+    assert changed.area == 2 and changed.style == widget.style
+    assert changed.style is not widget.style  # a copy: the host's model may be mutable
 
 
 def test_update_widget_of_a_missing_id_raises_key_error() -> None:

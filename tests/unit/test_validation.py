@@ -755,3 +755,23 @@ def test_a_widget_given_without_its_defaults_is_parsed_once_and_shared() -> None
     assert first["widgets"] == again["widgets"] == expected
     assert all(map(operator.is_, first["widgets"], again["widgets"]))  # one copy, shared
     assert first["widgets"][0] is not sparse["widgets"][0]  # never the caller's object
+
+
+def test_a_check_under_way_when_the_limits_change_leaves_nothing_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    validator = Validator()
+    layout = _layout_model(2).with_changes(theme="t" * 50)
+    checked_models = Validator._checked_models
+
+    def limits_lowered_meanwhile(
+        self: Validator[Layout], keyed: object, models: list[BaseModel]
+    ) -> object:
+        self.limits = Limits(max_string_length=20)  # as another thread might
+        return checked_models(self, keyed, models)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Validator, "_checked_models", limits_lowered_meanwhile)
+    validator.check_json(layout)  # begun under the old limits, it passes them
+    monkeypatch.undo()
+
+    assert refusal_json_of(layout, validator).issues[0].rule == "max_string_length"

@@ -283,7 +283,12 @@ def connect_timeout_for(in_url: object, given: float | None) -> float:
     """
     if in_url is None:
         return DEFAULT_CONNECT_TIMEOUT if given is None else given
-    seconds = _seconds("connect_timeout", in_url, allow_zero=False)
+    try:
+        seconds = _seconds("connect_timeout", in_url, allow_zero=False)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"{exc} (libpq's 0, wait for ever, is not supported: a call must not hang)"
+        ) from None
     if given is not None and given != seconds:
         raise ConfigurationError("connect_timeout is given twice: in the URL and as an argument")
     return seconds
