@@ -190,3 +190,36 @@ def test_a_watch_the_thread_cannot_start_for_is_refused_and_its_descriptor_close
     with pytest.raises(BrokenPipeError):
         os.write(write_end, b"x")  # the watchdog closed what it was handed
     os.close(write_end)
+
+
+@pytest.mark.parametrize("starting", ["watch", "attach"])
+def test_a_finalizer_on_the_starting_thread_does_not_deadlock_its_start(
+    watchdog: _Watchdog, monkeypatch: pytest.MonkeyPatch, starting: str
+) -> None:
+    # Seen in CI: the collector ran an engine's finalizer (detach) on the new watchdog
+    # thread while Thread.start, called with the lock held, waited for that thread.
+    real_start = threading.Thread.start
+    finalizer_done: list[bool] = []
+
+    def start_running_a_finalizer_first(self: threading.Thread) -> None:
+        if self.name == _THREAD_NAME:
+            other = threading.Thread(
+                target=lambda: (watchdog.detach(99, wait=False), finalizer_done.append(True)),
+                daemon=True,
+            )
+            real_start(other)
+            other.join(2)  # with the lock held by our caller, it could never finish
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start_running_a_finalizer_first)
+    read_end, write_end = os.pipe()
+    if starting == "watch":
+        watchdog.watch(CONNECTION, read_end, engine_id=ENGINE, timeout=60.0, where="test")
+    else:
+        os.close(read_end)
+        watchdog.attach(ENGINE)
+
+    assert finalizer_done == [True]
+    assert watchdog.thread is not None and watchdog.thread.is_alive()
+    watchdog.unwatch(CONNECTION)
+    os.close(write_end)

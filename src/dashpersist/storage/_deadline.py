@@ -111,7 +111,7 @@ class _Watchdog:
     def attach(self, engine_id: int) -> None:
         with self._lock:
             self._engines.add(engine_id)
-            self._start()
+        self._ensure_thread()
 
     def detach(self, engine_id: int, *, wait: bool = True) -> None:
         """Forget an engine; when nothing is left to watch, stop the thread.
@@ -123,7 +123,12 @@ class _Watchdog:
             self._engines.discard(engine_id)
             thread = self._thread if self._is_idle() else None
             self._wakeup.notify()
-        if wait and thread is not None and thread is not threading.current_thread():
+        if (
+            wait
+            and thread is not None
+            and thread is not threading.current_thread()
+            and thread.ident is not None  # started: one about to start ends by itself
+        ):
             thread.join(_JOIN_TIMEOUT)
 
     def watch(
@@ -139,20 +144,26 @@ class _Watchdog:
         """Cut *descriptor*'s socket after *timeout* seconds unless *key* is unwatched
         first; the descriptor is the watchdog's to close from now on."""
         expires_at = time.monotonic() + timeout
+        watch = _Watch(descriptor, expires_at, timeout, where, setting)
         with self._lock:
-            try:
-                self._start()
-            except BaseException:  # no thread ("can't start new thread"): nothing watches
-                os.close(descriptor)
-                raise
             replaced = self._watches.pop(key, None)
-            self._watches[key] = _Watch(descriptor, expires_at, timeout, where, setting)
+            self._watches[key] = watch
             if engine_id is not None:
                 self._engines.add(engine_id)  # again, if the engine was disposed and reused
             if expires_at < self._next_check:
                 self._wakeup.notify()
         if replaced is not None:
             os.close(replaced.descriptor)
+        try:
+            self._ensure_thread()  # after the watch is in: a thread ending now sees it
+        except BaseException:  # no thread ("can't start new thread"): nothing watches
+            with self._lock:
+                ours = self._watches.get(key) is watch
+                if ours:
+                    del self._watches[key]
+            if ours:
+                os.close(descriptor)
+            raise
 
     def unwatch(self, key: int) -> None:
         with self._lock:
@@ -177,11 +188,22 @@ class _Watchdog:
     def _is_idle(self) -> bool:
         return not self._engines and not self._watches
 
-    def _start(self) -> None:
-        if self._thread is None:
+    def _ensure_thread(self) -> None:
+        """Start the thread unless one runs. Never with the lock held: a collection on
+        the new thread while it starts can run a finalizer that takes the lock, and
+        ``Thread.start`` waits for the thread, so holding the lock would deadlock."""
+        with self._lock:
+            if self._thread is not None:
+                return
             thread = threading.Thread(target=self._run, name=_THREAD_NAME, daemon=True)
-            thread.start()  # may raise ("can't start new thread"): then there is none
             self._thread = thread
+        try:
+            thread.start()
+        except BaseException:  # "can't start new thread": then there is none
+            with self._lock:
+                if self._thread is thread:
+                    self._thread = None
+            raise
 
     def _run(self) -> None:
         while True:
