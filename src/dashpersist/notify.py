@@ -192,7 +192,6 @@ class ChangeListener:
         ping_timeout: float = 10.0,
     ) -> None:
         for name, value in (
-            ("connect_timeout", 1.0 if connect_timeout is None else connect_timeout),
             ("reconnect_delay", reconnect_delay),
             ("max_reconnect_delay", max_reconnect_delay),
             ("poll_interval", poll_interval),

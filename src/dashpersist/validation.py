@@ -872,8 +872,8 @@ class Validator(Generic[ModelT]):
             and len(last[0]) == len(shell_values)
             and all(map(operator.is_, last[0], shell_values))
         )
-        if remembered:
-            shell, size = dict(last[1]), last[2]  # type: ignore[index]
+        if remembered and last is not None:
+            shell, size = dict(last[1]), last[2]
         else:
             shell = cast(JsonObject, document.model_dump(mode="json", exclude=keyed_names))
             if len(shell) + len(keyed_names) > self.limits.max_keys_per_object:

@@ -99,3 +99,11 @@ def test_a_listener_on_a_host_engine_with_connect_timeout_zero_uses_the_default(
     finally:
         listener.close()
         engine.dispose()
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf")])
+def test_a_listener_connect_timeout_argument_that_is_not_seconds_is_refused(
+    value: float,
+) -> None:
+    with pytest.raises(ConfigurationError, match="connect_timeout must be"):
+        ChangeListener(URL, lambda change: None, connect_timeout=value)

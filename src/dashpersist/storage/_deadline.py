@@ -300,9 +300,11 @@ def connect_timeout_for(in_url: object, given: float | None) -> float:
     own, *in_url* as the URL gives it, ``None`` when absent), else *given*, else
     `DEFAULT_CONNECT_TIMEOUT`.
 
-    Raises `ConfigurationError` for a URL value that is not seconds > 0, or one that
+    Raises `ConfigurationError` for a value that is not seconds > 0, or a URL value that
     differs from *given*: a setting given twice must not be silently overridden.
     """
+    if given is not None and not (isinstance(given, int | float) and 0 < given < math.inf):
+        raise ConfigurationError("connect_timeout must be a finite number of seconds > 0")
     if in_url is None:
         return DEFAULT_CONNECT_TIMEOUT if given is None else given
     try:
