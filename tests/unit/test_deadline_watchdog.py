@@ -223,3 +223,31 @@ def test_a_finalizer_on_the_starting_thread_does_not_deadlock_its_start(
     assert watchdog.thread is not None and watchdog.thread.is_alive()
     watchdog.unwatch(CONNECTION)
     os.close(write_end)
+
+
+def test_a_detach_while_the_thread_is_being_started_does_not_join_it_early(
+    watchdog: _Watchdog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_start = threading.Thread.start
+    errors: list[BaseException] = []
+
+    def detach_everything_first(self: threading.Thread) -> None:
+        if self.name == _THREAD_NAME:
+
+            def detach() -> None:
+                try:
+                    watchdog.detach(ENGINE)  # waits for the thread, which has not started
+                except BaseException as exc:  # reported by the assertion below
+                    errors.append(exc)
+
+            _in_a_thread(detach)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", detach_everything_first)
+    watchdog.attach(ENGINE)
+    started = watchdog.thread
+
+    assert errors == []  # joining a thread not yet started raises RuntimeError
+    if started is not None:
+        started.join(10)  # idle from the start: it ends by itself
+        assert not started.is_alive()
