@@ -60,7 +60,7 @@ def test_the_connect_timeout_bounds_libpq_and_the_pool(
     assert int(str(arguments["connect_timeout"])) == max(2, -(-expected // 1))
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan", "inf"])
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan", "inf", "3&connect_timeout=4"])
 def test_a_url_connect_timeout_that_is_not_seconds_is_refused(value: str) -> None:
     with pytest.raises(ConfigurationError, match="connect_timeout"):
         _create_engine(f"{URL}?connect_timeout={value}", 5.0, None)

@@ -287,8 +287,11 @@ def split_operation_timeout(url: URL) -> tuple[URL, float]:
     Absent, the default (`DEFAULT_OPERATION_TIMEOUT`) applies; ``0`` turns the deadline
     off. Raises `ConfigurationError` for a value that is not a finite number >= 0.
     """
-    url, seconds = split_seconds(url, OPERATION_TIMEOUT_OPTION, allow_zero=True)
-    return url, DEFAULT_OPERATION_TIMEOUT if seconds is None else seconds
+    raw = url.query.get(OPERATION_TIMEOUT_OPTION)
+    if raw is None:
+        return url, DEFAULT_OPERATION_TIMEOUT
+    seconds = _seconds(OPERATION_TIMEOUT_OPTION, raw, allow_zero=True)
+    return url.difference_update_query([OPERATION_TIMEOUT_OPTION]), seconds
 
 
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
@@ -318,19 +321,9 @@ def connect_timeout_for(in_url: object, given: float | None) -> float:
     return seconds
 
 
-def split_seconds(url: URL, option: str, *, allow_zero: bool) -> tuple[URL, float | None]:
-    """Return *url* without its query *option*, and the seconds it gives (``None``: absent).
-
-    Raises `ConfigurationError` unless the value is one finite number of seconds, > 0
-    (or >= 0 with *allow_zero*).
-    """
-    raw = url.query.get(option)
-    if raw is None:
-        return url, None
-    return url.difference_update_query([option]), _seconds(option, raw, allow_zero=allow_zero)
-
-
 def _seconds(option: str, raw: object, *, allow_zero: bool) -> float:
+    """Return the seconds a URL query *option* gives: one finite number, > 0 (or >= 0
+    with *allow_zero*); anything else is a `ConfigurationError`."""
     message = f"{option} must be a finite number of seconds {'>=' if allow_zero else '>'} 0"
     if not isinstance(raw, str):
         raise ConfigurationError(f"{message}, given once")

@@ -135,7 +135,7 @@ class MemoryStorage:
             entry = self._entries.get(key)
             history = [] if entry is None else entry.history
             return [
-                VersionOutline(r.version, r.label, r.snapshot is not None)
+                VersionOutline.of(r)
                 for r in reversed(history)
                 if before is None or r.version < before
             ]

@@ -36,6 +36,9 @@ __all__ = [
 MAX_ID_LENGTH = 256
 """Longest user or layout id any backend accepts (characters)."""
 
+_PAGE = 500
+"""History records `all_versions` reads per call."""
+
 _BAD_ID_CHARACTER = re.compile("[\x00-\x1f\ud800-\udfff]")
 """A control character or a lone surrogate (a regex: every key of every call is checked)."""
 
@@ -125,6 +128,11 @@ class VersionOutline:
     keyframe: bool
     """Whether the record holds the whole document (``snapshot``)."""
 
+    @classmethod
+    def of(cls, record: VersionRecord) -> VersionOutline:
+        """The outline of *record*."""
+        return cls(record.version, record.label, record.snapshot is not None)
+
 
 def all_versions(
     storage: Storage, key: DocumentKey, *, before: int | None = None
@@ -144,13 +152,7 @@ def outline_from_versions(
 ) -> list[VersionOutline]:
     """`Storage.version_outline` from `Storage.versions`: for backends that cannot leave
     the content out of a read."""
-    return [
-        VersionOutline(r.version, r.label, r.snapshot is not None)
-        for r in all_versions(storage, key, before=before)
-    ]
-
-
-_PAGE = 500
+    return list(map(VersionOutline.of, all_versions(storage, key, before=before)))
 
 
 @dataclass(frozen=True, slots=True)

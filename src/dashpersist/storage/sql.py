@@ -49,7 +49,6 @@ from dashpersist.errors import (
 )
 from dashpersist.notify import CHANNEL, encode_change, new_origin
 from dashpersist.storage._deadline import (
-    DEFAULT_CONNECT_TIMEOUT,
     connect_timeout_for,
     enforce_operation_timeout,
     lift_deadline,
@@ -156,10 +155,7 @@ class SQLStorage:
             )
         if not (busy_timeout >= 0 and math.isfinite(busy_timeout)):
             raise ConfigurationError("busy_timeout must be a finite number of seconds >= 0")
-        if connect_timeout is not None and not (
-            connect_timeout > 0 and math.isfinite(connect_timeout)
-        ):
-            raise ConfigurationError("connect_timeout must be a finite number of seconds > 0")
+        connect_timeout_for(None, connect_timeout)  # refuses a bad value, engine or URL
         self._clock = clock or _now
         self._closed = False
         self._borrowers = threading.Condition()
@@ -1116,7 +1112,7 @@ def _create_engine(url_text: str, busy_timeout: float, connect_timeout: float | 
         return create_engine(
             url,
             connect_args={"timeout": busy_timeout},
-            pool_timeout=connect_timeout or DEFAULT_CONNECT_TIMEOUT,
+            pool_timeout=connect_timeout_for(None, connect_timeout),
         )
     try:
         import psycopg  # noqa: F401
