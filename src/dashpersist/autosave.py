@@ -171,6 +171,11 @@ class AutosaveQueue(Generic[K, V, R]):
         with self._cond:
             return list(self._slots)
 
+    def busy_keys(self) -> set[K]:
+        """Return the keys with a value queued or being written."""
+        with self._cond:
+            return {*self._slots, *self._writing}
+
     def discard(self, key: K) -> V | None:
         """Drop the queued value of *key* and return it (``None`` if there was none).
 

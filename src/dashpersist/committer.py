@@ -13,6 +13,8 @@ import contextlib
 import itertools
 import logging
 import random
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -44,6 +46,9 @@ _LOG = logging.getLogger(__name__)
 _MERGE_ATTEMPTS = 10
 """Rounds of read-merge-write a save tries before giving up to a document that keeps moving."""
 _MERGE_BACKOFF = 0.005
+DELETIONS_KEPT = 4096
+"""How many of the latest deletions a committer remembers for the trims planned before
+them; a trim planned before a deletion it no longer remembers stands down."""
 """Seconds; the wait before merge round n is drawn from [0, n * _MERGE_BACKOFF] so that
 writers racing for one document fall out of step."""
 
@@ -124,10 +129,12 @@ class Committer(Generic[DocT]):
         self.bases: dict[DocumentKey, int] = {}
         """Per document, the version the caller last loaded or saved: the next save's base."""
         self._deletions = itertools.count(1)
-        self._deleted: dict[DocumentKey, int] = {}
+        self._deleted: OrderedDict[DocumentKey, int] = OrderedDict()
         """Per document deleted through this committer's manager, the number of its last
-        deletion: a trim planned before it must not be carried out on the history
-        written since (see `_trim`)."""
+        deletion, for the latest `DELETIONS_KEPT` deletions: a trim planned before one
+        must not be carried out on the history written since (see `_trim`)."""
+        self._deletions_forgotten = 0
+        self._deleted_guard = threading.Lock()
 
     @property
     def _config(self) -> PersistenceConfig:
@@ -137,7 +144,26 @@ class Committer(Generic[DocT]):
         """Note that *key* was deleted (call with its lock held): its base goes, and trims
         planned until now are dropped, since a new document may reuse their numbers."""
         self.bases.pop(key, None)
-        self._deleted[key] = next(self._deletions)
+        with self._deleted_guard:
+            self._deleted[key] = next(self._deletions)
+            self._deleted.move_to_end(key)
+            while len(self._deleted) > DELETIONS_KEPT:
+                self._deleted.popitem(last=False)
+                self._deletions_forgotten += 1
+
+    def _deletion_mark(self, key: DocumentKey) -> tuple[int, int]:
+        """What `_trim` compares to tell whether *key* may have been deleted since."""
+        with self._deleted_guard:
+            return self._deleted.get(key, 0), self._deletions_forgotten
+
+    def _deleted_since(self, key: DocumentKey, mark: tuple[int, int]) -> bool:
+        """Whether *key* was deleted since *mark* was taken, or may have been: a deletion
+        forgotten since could have been its."""
+        with self._deleted_guard:
+            number = self._deleted.get(key)
+            if number is not None:
+                return number != mark[0]
+            return mark[0] != 0 or self._deletions_forgotten != mark[1]
 
     def retry(self, operation: Callable[[], T]) -> T:
         """Run a storage operation with the configured bounded retries."""
@@ -323,24 +349,27 @@ class Committer(Generic[DocT]):
         # therefore holds max_versions to max_versions + keyframe_interval - 1 versions.
         batch = 1 if not versioning else self._versions.keyframe_interval
         if version > keep and (version - keep) % batch == 0:
-            deleted = self._deleted.get(key, 0)
+            deleted = self._deletion_mark(key)
             self._housekeeping(key, lambda: self._trim(key, keep, record, deleted))
         return version
 
-    def _trim(self, key: DocumentKey, keep: int, written: VersionRecord, deleted: int) -> None:
+    def _trim(
+        self, key: DocumentKey, keep: int, written: VersionRecord, deleted: tuple[int, int]
+    ) -> None:
         """Trim *key*'s history below the *keep* versions up to the version this committer
-        wrote with *written*, when the document's last deletion here was number *deleted*:
-        the cut then falls on a keyframe, however many versions were written since.
+        wrote with *written*, planned when `_deletion_mark` was *deleted*: the cut then
+        falls on a keyframe, however many versions were written since.
 
         Reading the history to trim is most of the work, and only reads, so it runs
         without the document's lock: the next save need not wait for it. The checks and
         the deletion hold the lock. A document deleted and written again, even to the same
         content, has a new history the plan knows nothing of (its own saves ask for its
-        trims), so the trim stands down when the document was deleted through this
-        manager since, or when the version's record is not the one written (checksum and
-        time: a writer elsewhere). A plan that stores keyframes (rare: a labelled version,
-        or a cut off the keyframe grid) is made again under the lock, so that what it
-        stores is read while this manager changes nothing in the document's history.
+        trims), so the trim stands down when the document was (or may have been) deleted
+        through this manager since, or when the version's record is not the one written
+        (checksum and time: a writer elsewhere). A plan that stores keyframes (rare: a
+        labelled version, or a cut off the keyframe grid) is made again under the lock, so
+        that what it stores is read while this manager changes nothing in the document's
+        history.
         """
         version = written.version
         try:
@@ -348,7 +377,7 @@ class Committer(Generic[DocT]):
             if plan is None:
                 return
             with self._document_lock(key):
-                if self._deleted.get(key, 0) != deleted:
+                if self._deleted_since(key, deleted):
                     return  # deleted and written again since: the plan may be stale
                 stored = self.retry(lambda: self._versions.get_record(key, version))
                 if stored.checksum != written.checksum or _instant(stored.created_at) != _instant(

@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Self, TypeAlias, TypeVar, cast
+from typing import Any, Final, Generic, Self, TypeAlias, TypeVar, cast
 
 import platformdirs
 import pydantic
@@ -75,6 +75,13 @@ _LOG = logging.getLogger(__name__)
 
 _Slot: TypeAlias = tuple[DocumentKey, str | None]
 """An autosave slot: a document and the client (``None``: this manager's own caller)."""
+
+WRITTEN_KEPT_SECONDS: Final = 60.0
+"""How long the number of a client's last write is kept once nothing of that client's is
+queued or being written: far longer than a save takes from being numbered to being
+queued, the one moment an older save of the client can still be on its way."""
+WRITTEN_SWEEP_FROM: Final = 1024
+"""How many clients' last writes are kept before the first sweep of the old ones."""
 
 
 def default_store_url() -> str:
@@ -195,14 +202,20 @@ class PersistenceManager(Generic[DocT]):
             document_lock=self._lock_for,
         )
         self._bases = self._committer.bases
-        self._key_locks: dict[DocumentKey, threading.RLock] = {}
+        # Weak values: a document's lock lives while a caller holds it, not for good.
+        self._key_locks: weakref.WeakValueDictionary[DocumentKey, threading.RLock] = (
+            weakref.WeakValueDictionary()
+        )
         self._locks_guard = threading.Lock()
         self._closed = False
         self._events = EventBus()
         self._journal = Journal()
         self._view_models: dict[DocumentKey, tuple[JsonObject, DocT]] = {}
         self._sequence = itertools.count()
-        self._written: dict[_Slot, int] = {}
+        # Per client slot, the number of its newest save written, and when (timer time).
+        self._written: dict[_Slot, tuple[int, float]] = {}
+        self._written_guard = threading.Lock()
+        self._written_sweep_at = WRITTEN_SWEEP_FROM
         self._start_threads = start_threads
         self._timer = timer
         self._autosave = self._new_autosave()
@@ -927,7 +940,9 @@ class PersistenceManager(Generic[DocT]):
             raise ManagerClosedError("this PersistenceManager is closed")
 
     def _lock_for(self, key: DocumentKey) -> threading.RLock:
-        lock = self._key_locks.get(key)  # a dict read is atomic: the common case, lock-free
+        """Return *key*'s lock. It lives as long as somebody holds it: every caller keeps
+        it while using it, so two callers never hold different locks of one document."""
+        lock = self._key_locks.get(key)  # thread-safe without the guard: the common case
         if lock is None:
             with self._locks_guard:
                 lock = self._key_locks.setdefault(key, threading.RLock())
@@ -940,12 +955,10 @@ class PersistenceManager(Generic[DocT]):
         """Write a validated save now (from the caller or the autosave worker); park it in
         the outbox when storage stays unreachable."""
         with self._lock_for(key):
-            slot = (key, pending.client_id)
-            if pending.queued and pending.sequence < self._written.get(slot, -1):
+            if not self._note_written((key, pending.client_id), pending):
                 # A newer save of this client was written already (an immediate save
                 # overtook this queued one): writing this one would resurrect old state.
                 return SaveResult(success=True, version=self._bases.get(key), source="unchanged")
-            self._written[slot] = max(pending.sequence, self._written.get(slot, -1))
             try:
                 try:
                     self._replay(key)
@@ -966,6 +979,31 @@ class PersistenceManager(Generic[DocT]):
             self._emit("merged" if merged else "saved", key, result.version)
             self._record("merged" if merged else "saved", key, result.version, pending.description)
         return result
+
+    def _note_written(self, slot: _Slot, pending: PendingSave) -> bool:
+        """Note that *pending* is written now for *slot*; ``False`` (and nothing noted) when
+        it is a queued save older than one of the same client written already."""
+        with self._written_guard:
+            last = self._written.get(slot)
+            if last is not None and pending.queued and pending.sequence < last[0]:
+                return False
+            newest = pending.sequence if last is None else max(pending.sequence, last[0])
+            self._written[slot] = (newest, self._timer())
+            if len(self._written) >= self._written_sweep_at:
+                self._sweep_written()
+        return True
+
+    def _sweep_written(self) -> None:
+        """Forget the last writes of clients that have nothing queued or being written, and
+        wrote nothing for `WRITTEN_KEPT_SECONDS`: a server numbering its clients (a
+        client_id per browser tab) would otherwise keep one entry per client for good.
+        Call with `_written_guard` held; amortized, as the next sweep waits for twice the
+        entries this one keeps."""
+        busy = self._autosave.busy_keys()
+        cutoff = self._timer() - WRITTEN_KEPT_SECONDS
+        for slot in [s for s, (_, at) in self._written.items() if at < cutoff and s not in busy]:
+            del self._written[slot]
+        self._written_sweep_at = max(WRITTEN_SWEEP_FROM, 2 * len(self._written))
 
     def _settle_success(self, key: DocumentKey, pending: PendingSave, result: SaveResult) -> None:
         if pending.journal_through is not None:

@@ -35,6 +35,7 @@ from dashpersist.errors import (
     ValidationError,
     ValidationIssue,
 )
+from dashpersist.storage._locks import LockPairs
 from dashpersist.storage.jsonfile import _os_errors, _stem, _translated
 
 if TYPE_CHECKING:
@@ -185,8 +186,7 @@ class UserFiles:
     def __init__(self, root: Path, folder: str, suffix: str) -> None:
         self.folder = root / folder
         self._suffix = suffix
-        self._guard = threading.Lock()
-        self._locks: dict[str, tuple[threading.Lock, filelock.FileLock]] = {}
+        self._locks: LockPairs[str] = LockPairs()
 
     def path(self, user_id: str) -> Path:
         """Return the file that holds *user_id*'s data, whether or not it exists."""
@@ -211,22 +211,17 @@ class UserFiles:
     def locked(self, path: Path) -> Iterator[None]:
         """Hold the locks of the user file *path* (made by `path`)."""
         self.ensure_folder()
-        with self._guard:
-            locks = self._locks.get(path.name)
-            if locks is None:
-                lock_path = path.with_name(path.name.removesuffix(self._suffix) + ".lock")
-                locks = (
-                    threading.Lock(),
-                    filelock.FileLock(
-                        lock_path,
-                        timeout=_LOCK_TIMEOUT,
-                        thread_local=False,
-                        poll_interval=_LOCK_POLL_INTERVAL,
-                        fallback_to_soft=False,
-                    ),
-                )
-                self._locks[path.name] = locks
-        thread_lock, file_lock = locks
+        locks = self._locks.get(
+            path.name,
+            lambda: filelock.FileLock(
+                path.with_name(path.name.removesuffix(self._suffix) + ".lock"),
+                timeout=_LOCK_TIMEOUT,
+                thread_local=False,
+                poll_interval=_LOCK_POLL_INTERVAL,
+                fallback_to_soft=False,
+            ),
+        )
+        thread_lock, file_lock = locks.thread, locks.file
         if not thread_lock.acquire(timeout=_LOCK_TIMEOUT):
             raise _busy(path)
         try:

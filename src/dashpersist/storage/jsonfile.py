@@ -118,6 +118,7 @@ from dashpersist.errors import (
     StorageUnavailableError,
     ValidationError,
 )
+from dashpersist.storage._locks import LockPairs
 from dashpersist.storage.protocol import (
     DocumentKey,
     StoredDocument,
@@ -698,7 +699,7 @@ class JSONFileStorage:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._closed = False
         self._guard = threading.Lock()
-        self._locks: dict[DocumentKey, tuple[threading.Lock, filelock.FileLock]] = {}
+        self._locks: LockPairs[DocumentKey] = LockPairs()
         self._open_root()
         if not read_only:
             self._remove_stale_temp_files()
@@ -1371,12 +1372,8 @@ class JSONFileStorage:
     @contextlib.contextmanager
     def _locked(self, key: DocumentKey, place: _Place, *, create: bool) -> Iterator[int]:
         """Hold *key*'s thread lock and file lock; yield its folder, opened without links."""
-        with self._guard:
-            locks = self._locks.get(key)
-            if locks is None:
-                locks = (threading.Lock(), self._file_lock(place.lock_path))
-                self._locks[key] = locks
-        thread_lock, file_lock = locks
+        locks = self._locks.get(key, lambda: self._file_lock(place.lock_path))
+        thread_lock, file_lock = locks.thread, locks.file
         deadline = time.monotonic() + self._lock_timeout
         if not thread_lock.acquire(timeout=self._lock_timeout):
             raise self._busy(key)
