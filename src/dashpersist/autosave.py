@@ -128,11 +128,12 @@ class AutosaveQueue(Generic[K, V, R]):
 
     # -- queueing ------------------------------------------------------------------------
 
-    def put(self, key: K, value: V) -> None:
+    def put(self, key: K, value: V, *, replace: bool = True) -> None:
         """Queue *value* as the newest value of *key*; return at once, without I/O.
 
-        The value is kept by reference, not copied: do not mutate it afterwards. Raises
-        `ManagerClosedError` after `close`.
+        With ``replace=False``, a value of *key* queued already stays, and *value* is
+        dropped (it is older). The value is kept by reference, not copied: do not mutate
+        it afterwards. Raises `ManagerClosedError` after `close`.
         """
         now = self._clock()
         with self._cond:
@@ -143,6 +144,8 @@ class AutosaveQueue(Generic[K, V, R]):
                 self._slots[key] = _Slot(value, now, now)
                 if now + self._delay < self._next_wake:
                     self._cond.notify()
+                return
+            if not replace:
                 return
             # An existing key's deadline only moves later, so the worker needs no wake-up.
             slot.value = value

@@ -46,11 +46,11 @@ _LOG = logging.getLogger(__name__)
 _MERGE_ATTEMPTS = 10
 """Rounds of read-merge-write a save tries before giving up to a document that keeps moving."""
 _MERGE_BACKOFF = 0.005
+"""Seconds; the wait before merge round n is drawn from [0, n * _MERGE_BACKOFF] so that
+writers racing for one document fall out of step."""
 DELETIONS_KEPT = 4096
 """How many of the latest deletions a committer remembers for the trims planned before
 them; a trim planned before a deletion it no longer remembers stands down."""
-"""Seconds; the wait before merge round n is drawn from [0, n * _MERGE_BACKOFF] so that
-writers racing for one document fall out of step."""
 
 
 def _run_now(key: DocumentKey, task: Callable[[], None]) -> None:

@@ -78,8 +78,9 @@ _Slot: TypeAlias = tuple[DocumentKey, str | None]
 
 WRITTEN_KEPT_SECONDS: Final = 60.0
 """How long the number of a client's last write is kept once nothing of that client's is
-queued or being written: far longer than a save takes from being numbered to being
-queued, the one moment an older save of the client can still be on its way."""
+queued or being written: far longer than the moments an older save of the client can
+still be on its way outside the queue (numbered but not yet queued; taken out of the
+queue by `sync` but not yet written), which take microseconds."""
 WRITTEN_SWEEP_FROM: Final = 1024
 """How many clients' last writes are kept before the first sweep of the old ones."""
 
@@ -216,6 +217,8 @@ class PersistenceManager(Generic[DocT]):
         self._written: dict[_Slot, tuple[int, float]] = {}
         self._written_guard = threading.Lock()
         self._written_sweep_at = WRITTEN_SWEEP_FROM
+        self._writing: dict[_Slot, int] = {}  # queued saves being written, per slot
+        self._retiring: list[AutosaveQueue[_Slot, PendingSave, SaveResult]] = []
         self._start_threads = start_threads
         self._timer = timer
         self._autosave = self._new_autosave()
@@ -273,8 +276,18 @@ class PersistenceManager(Generic[DocT]):
         ):
             # New timings: the old queue writes what it holds, a new one takes over.
             old = self._autosave
+            self._retiring.append(old)  # what it holds counts in `_sweep_written`
             self._autosave = self._new_autosave()
-            old.close()
+            try:
+                old.close()
+            finally:
+                self._retiring.remove(old)
+                # What the old queue could not write (close raises why) is not dropped:
+                # it waits in the new one, unless a newer save of its client does.
+                for slot in old.pending_keys():
+                    left = old.pending(slot)
+                    if left is not None:
+                        self._autosave.put(slot, left, replace=False)
         self._cache.clear()
         return updated
 
@@ -999,7 +1012,8 @@ class PersistenceManager(Generic[DocT]):
         client_id per browser tab) would otherwise keep one entry per client for good.
         Call with `_written_guard` held; amortized, as the next sweep waits for twice the
         entries this one keeps."""
-        busy = self._autosave.busy_keys()
+        queues = (self._autosave, *self._retiring)
+        busy = set(self._writing).union(*(queue.busy_keys() for queue in queues))
         cutoff = self._timer() - WRITTEN_KEPT_SECONDS
         for slot in [s for s, (_, at) in self._written.items() if at < cutoff and s not in busy]:
             del self._written[slot]
@@ -1044,6 +1058,8 @@ class PersistenceManager(Generic[DocT]):
         key = slot[0]
         if pending.description is None and pending.change_type == "manual":
             pending = replace(pending, change_type="auto")
+        with self._written_guard:  # an older save on its way: the slot is not swept
+            self._writing[slot] = self._writing.get(slot, 0) + 1
         try:
             return self._store(key, pending)
         except DashPersistError as exc:
@@ -1051,6 +1067,12 @@ class PersistenceManager(Generic[DocT]):
                 raise  # stays queued; flush raises it
             # Optimistic changes were rolled back (and the rest requeued): done with it.
             return SaveResult(success=False, version=None, source="storage", error=exc)
+        finally:
+            with self._written_guard:
+                if self._writing[slot] == 1:
+                    del self._writing[slot]
+                else:
+                    self._writing[slot] -= 1
 
     def _on_autosave_error(self, slot: _Slot, error: BaseException) -> None:
         if isinstance(error, Exception):

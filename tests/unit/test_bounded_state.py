@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,14 @@ from dashpersist import (
     MemoryStorage,
     PersistenceConfig,
     PersistenceManager,
+    StorageUnavailableError,
     Widget,
     committer,
     manager,
 )
 from dashpersist.storage import DocumentKey, JSONFileStorage
 from dashpersist.storage._locks import LockPairs
-from dashpersist.testing import FakeClock
+from dashpersist.testing import FakeClock, FaultyStorage
 
 
 def layout(title: str) -> Layout:
@@ -98,6 +100,81 @@ def test_a_queued_save_an_immediate_one_overtook_is_not_written(tmp_path: Path) 
     pm.close()
 
 
+def overtaken_while_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, swap_queues: bool
+) -> PersistenceManager:
+    """Have an immediate save overtake a queued save of its client that a writer took
+    from the queue already, then let a minute pass and other clients' writes sweep."""
+    monkeypatch.setattr(manager, "WRITTEN_SWEEP_FROM", 4)
+    clock = FakeClock()
+    pm = server(tmp_path, clock)
+    key, slot = DocumentKey("alice"), (DocumentKey("alice"), "tab")
+    pm.save_layout("alice", layout("older, queued"), client_id="tab")
+    clock.advance(3)  # due
+    with pm._lock_for(key):  # the writer takes the older save, then waits for the lock
+        writer = threading.Thread(target=pm.tick)
+        writer.start()
+        deadline = time.monotonic() + 10
+        while slot not in pm._writing:
+            assert time.monotonic() < deadline, "the writer never took the queued save"
+            time.sleep(0.005)
+        pm.save_layout("alice", layout("newer, immediate"), immediate=True, client_id="tab")
+        if swap_queues:
+            pm.update_config(auto_save_delay=1.0)  # a new queue; the old one is closed
+        clock.advance(manager.WRITTEN_KEPT_SECONDS + 1)
+        for n in range(8):
+            pm.save_layout(f"user-{n}", layout("x"), immediate=True, client_id=f"other-{n}")
+    writer.join(10)
+    return pm
+
+
+@pytest.mark.parametrize("swap_queues", [False, True], ids=["same queue", "queue replaced"])
+def test_a_queued_save_taken_before_an_immediate_one_stays_overtaken_for_minutes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap_queues: bool
+) -> None:
+    pm = overtaken_while_in_flight(tmp_path, monkeypatch, swap_queues=swap_queues)
+
+    assert pm.load_layout("alice") == layout("newer, immediate")
+    assert [v.version for v in pm.get_version_history("alice")] == [1]
+    pm.close()
+
+
+def test_what_a_replaced_queue_could_not_write_waits_in_the_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = FaultyStorage(MemoryStorage())
+    clock = FakeClock()
+    config = PersistenceConfig(auto_save_delay=2.0, auto_save_max_wait=10.0, outbox_dir=None)
+    pm = PersistenceManager(
+        storage, config=config, timer=clock, sleep=clock.sleep, start_threads=False
+    )
+    pm.save_layout("alice", layout("kept"), client_id="tab")
+    pm.save_layout("bob", layout("bob's older"), client_id="tab")
+    storage.go_offline()
+    offline_read = storage.read
+    edits: list[str] = []
+
+    def read_during_an_edit(key: DocumentKey) -> object:
+        if not edits:  # the old queue is closing: bob edits again, into the new queue
+            edits.append("bob's newer")
+            pm.save_layout("bob", layout("bob's newer"), client_id="tab")
+        return offline_read(key)
+
+    monkeypatch.setattr(storage, "read", read_during_an_edit)
+
+    with pytest.raises(StorageUnavailableError):
+        pm.update_config(auto_save_delay=1.0)  # the old queue's close cannot write them
+    assert edits == ["bob's newer"]
+    monkeypatch.setattr(storage, "read", offline_read)
+    storage.go_online()
+    pm.flush()
+
+    assert pm.load_layout("alice") == layout("kept")
+    assert pm.load_layout("bob") == layout("bob's newer")
+    assert not pm.has_pending_writes
+    pm.close()
+
+
 def test_document_locks_live_only_while_held(tmp_path: Path) -> None:
     pm = server(tmp_path, FakeClock())
     for n in range(50):
@@ -147,6 +224,11 @@ def test_deletions_are_remembered_up_to_a_bound(
         pm.delete_layout(f"user-{n}")
 
     assert len(pm._committer._deleted) == 4
+    pm.save_layout("user-6", layout("again"), immediate=True)
+    pm.delete_layout("user-6")  # deleted again: the latest deletion, kept longest
+    pm.save_layout("user-10", layout("x"), immediate=True)
+    pm.delete_layout("user-10")
+    assert DocumentKey("user-6") in pm._committer._deleted
     pm.close()
 
 
@@ -184,6 +266,9 @@ def test_a_json_folder_keeps_no_file_locks_between_calls(tmp_path: Path) -> None
     gc.collect()
 
     assert len(storage._locks) == 0
+    activity = pm._activity_log()
+    assert activity is not None
+    assert len(activity._files._locks) == 0  # type: ignore[attr-defined]
     pm.close()
 
 
