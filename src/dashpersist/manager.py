@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import functools
 import hashlib
@@ -83,6 +84,8 @@ still be on its way outside the queue (numbered but not yet queued; taken out of
 queue by `sync` but not yet written), which take microseconds."""
 WRITTEN_SWEEP_FROM: Final = 1024
 """How many clients' last writes are kept before the first sweep of the old ones."""
+RECENT_LOCKS: Final = 256
+"""How many of the document locks made last are kept while nobody holds them."""
 
 
 def default_store_url() -> str:
@@ -203,9 +206,13 @@ class PersistenceManager(Generic[DocT]):
             document_lock=self._lock_for,
         )
         self._bases = self._committer.bases
-        # Weak values: a document's lock lives while a caller holds it, not for good.
+        # Weak values: a document's lock lives while a caller holds it, not for good; the
+        # latest ones made are kept too, so that a busy document's is not made every call.
         self._key_locks: weakref.WeakValueDictionary[DocumentKey, threading.RLock] = (
             weakref.WeakValueDictionary()
+        )
+        self._recent_locks: collections.deque[threading.RLock] = collections.deque(
+            maxlen=RECENT_LOCKS
         )
         self._locks_guard = threading.Lock()
         self._closed = False
@@ -958,7 +965,10 @@ class PersistenceManager(Generic[DocT]):
         lock = self._key_locks.get(key)  # thread-safe without the guard: the common case
         if lock is None:
             with self._locks_guard:
-                lock = self._key_locks.setdefault(key, threading.RLock())
+                lock = self._key_locks.get(key)
+                if lock is None:
+                    lock = self._key_locks[key] = threading.RLock()
+                    self._recent_locks.append(lock)
         return lock
 
     def _retry(self, operation: Callable[[], T]) -> T:

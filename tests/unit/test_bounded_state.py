@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -175,13 +176,16 @@ def test_what_a_replaced_queue_could_not_write_waits_in_the_new_one(
     pm.close()
 
 
-def test_document_locks_live_only_while_held(tmp_path: Path) -> None:
+def test_document_locks_live_only_while_held_or_among_the_latest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manager, "RECENT_LOCKS", 4)
     pm = server(tmp_path, FakeClock())
     for n in range(50):
         pm.save_layout(f"user-{n}", layout("x"), immediate=True)
     gc.collect()
 
-    assert len(pm._key_locks) == 0
+    assert sorted(key.user_id for key in pm._key_locks) == [f"user-{n}" for n in range(46, 50)]
     held = pm._lock_for(DocumentKey("user-1"))
     assert pm._lock_for(DocumentKey("user-1")) is held  # one lock per document while held
     pm.close()
@@ -260,22 +264,22 @@ def test_a_trim_planned_before_a_deletion_stands_down_even_once_it_is_forgotten(
 def test_a_json_folder_keeps_no_file_locks_between_calls(tmp_path: Path) -> None:
     storage = JSONFileStorage(tmp_path / "store")
     pm = PersistenceManager(storage, config=PersistenceConfig(outbox_dir=None))
-    for n in range(30):
+    for n in range(100):
         pm.save_layout(f"user-{n}", layout("x"), immediate=True)
     pm.get_activity("user-1")  # the activity log's per-user files are locked too
     gc.collect()
 
-    assert len(storage._locks) == 0
+    assert len(storage._locks) == 64  # the latest made only
     activity = pm._activity_log()
     assert activity is not None
-    assert len(activity._files._locks) == 0  # type: ignore[attr-defined]
+    assert len(activity._files._locks) == 64
     pm.close()
 
 
 def test_lock_pairs_give_one_pair_per_name_while_it_is_held(tmp_path: Path) -> None:
     import filelock
 
-    pairs: LockPairs[str] = LockPairs()
+    pairs: LockPairs[str] = LockPairs(recent=0)
     made: list[str] = []
 
     def file_lock(name: str) -> filelock.FileLock:
@@ -293,3 +297,17 @@ def test_lock_pairs_give_one_pair_per_name_while_it_is_held(tmp_path: Path) -> N
     assert len(pairs) == 0
     pairs.get("a", lambda: file_lock("a"))
     assert made == ["a", "b", "a"]
+
+
+def test_lock_pairs_keep_the_latest_made_while_nobody_holds_them(tmp_path: Path) -> None:
+    import filelock
+
+    pairs: LockPairs[str] = LockPairs(recent=1)
+    first = weakref.ref(pairs.get("a", lambda: filelock.FileLock(tmp_path / "a.lock")))
+    gc.collect()
+    assert first() is not None
+    assert pairs.get("a", lambda: filelock.FileLock(tmp_path / "a.lock")) is first()
+
+    pairs.get("b", lambda: filelock.FileLock(tmp_path / "b.lock"))  # "a" is no longer latest
+    gc.collect()
+    assert len(pairs) == 1
