@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, event
 from dashpersist.errors import ConfigurationError
 from dashpersist.notify import ChangeListener
 from dashpersist.storage._deadline import DEFAULT_CONNECT_TIMEOUT
-from dashpersist.storage.sql import _create_engine
+from dashpersist.storage._sqlengines import make_engine
 
 pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
 
@@ -25,7 +25,7 @@ class _StoppedError(Exception):
 
 def _connect_arguments(url: str, connect_timeout: float | None) -> tuple[dict[str, object], float]:
     """Return what psycopg would be called with, and the pool's wait limit."""
-    engine = _create_engine(url, 5.0, connect_timeout)
+    engine = make_engine(url, 5.0, connect_timeout)
     seen: dict[str, object] = {}
 
     @event.listens_for(engine, "do_connect")
@@ -63,12 +63,12 @@ def test_the_connect_timeout_bounds_libpq_and_the_pool(
 @pytest.mark.parametrize("value", ["0", "-1", "soon", "nan", "inf", "3&connect_timeout=4"])
 def test_a_url_connect_timeout_that_is_not_seconds_is_refused(value: str) -> None:
     with pytest.raises(ConfigurationError, match="connect_timeout"):
-        _create_engine(f"{URL}?connect_timeout={value}", 5.0, None)
+        make_engine(f"{URL}?connect_timeout={value}", 5.0, None)
 
 
 def test_a_connect_timeout_given_twice_differently_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="given twice"):
-        _create_engine(f"{URL}?connect_timeout=3", 5.0, 4.0)
+        make_engine(f"{URL}?connect_timeout=3", 5.0, 4.0)
     with pytest.raises(ConfigurationError, match="given twice"):
         ChangeListener(f"{URL}?connect_timeout=3", lambda change: None, connect_timeout=4.0)
 
@@ -83,7 +83,7 @@ def test_the_change_listener_takes_the_url_connect_timeout() -> None:
 
 def test_libpq_wait_for_ever_is_refused_with_a_reason() -> None:
     with pytest.raises(ConfigurationError, match="wait for ever"):
-        _create_engine(f"{URL}?connect_timeout=0", 5.0, None)
+        make_engine(f"{URL}?connect_timeout=0", 5.0, None)
 
 
 def test_a_listener_on_a_host_engine_with_connect_timeout_zero_uses_the_default(

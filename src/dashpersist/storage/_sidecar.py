@@ -36,6 +36,7 @@ from dashpersist.errors import (
     ValidationIssue,
 )
 from dashpersist.storage._locks import LockPairs
+from dashpersist.storage._sqlerrors import classify
 from dashpersist.storage.jsonfile import _os_errors, _stem, _translated
 
 if TYPE_CHECKING:
@@ -157,9 +158,7 @@ class SQLTables:
         return moment.astimezone(UTC)
 
     def _translate(self, exc: BaseException, action: str) -> DashPersistError:
-        from dashpersist.storage.sql import _classify  # one classification for all SQL errors
-
-        kind, reason = _classify(exc)
+        kind, reason = classify(exc)  # one classification for all SQL errors
         message = f"{action} in {self._where} failed: {reason}"
         if kind == "invalid":
             return ValidationError(

@@ -13,24 +13,17 @@ On SQLite, where this object's writes take turns anyway, they share one kept con
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
 import sqlite3
 import threading
-import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final, Literal, Protocol, cast, get_args
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, inspect
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from dashpersist import _faults
 from dashpersist._canonical import canonical_json, parse_json
@@ -41,8 +34,6 @@ from dashpersist.errors import (
     DashPersistError,
     NotFoundError,
     StorageError,
-    StorageFullError,
-    StoragePermissionError,
     StorageUnavailableError,
     ValidationError,
     ValidationIssue,
@@ -50,10 +41,17 @@ from dashpersist.errors import (
 from dashpersist.notify import CHANNEL, encode_change, new_origin
 from dashpersist.storage._deadline import (
     connect_timeout_for,
-    enforce_operation_timeout,
     lift_deadline,
-    split_operation_timeout,
 )
+from dashpersist.storage._sqlengines import (
+    OURS_OPTION,
+    check_driver,
+    check_folder,
+    configure_sqlite_engine,
+    make_engine,
+    sqlite_path,
+)
+from dashpersist.storage._sqlerrors import PATH_ERRORS, classify, is_missing_table
 from dashpersist.storage.migrations import (
     HEAD_REVISION,
     KNOWN_REVISIONS,
@@ -80,14 +78,8 @@ SynchronousMode = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 _OUR_TABLES: Final = frozenset({"dashpersist_documents", "dashpersist_versions"})
 _SELECT_REVISION: Final = "SELECT version_num FROM dashpersist_alembic_version"
 
-_OURS_OPTION: Final = "dashpersist_storage"
-"""Execution option marking SQLStorage's own connections (see `_configure_sqlite_engine`)."""
-
 _SCHEMA_LOCK_ID: Final = 0x6461736870657273
 """PostgreSQL advisory lock held while upgrading the schema ("dashpers" in ASCII)."""
-
-_configured_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
-_configured_lock = threading.Lock()
 
 
 def _now() -> datetime:
@@ -163,31 +155,31 @@ class SQLStorage:
         self._local_writer: threading.Lock | None = None  # SQLite: set below
         self._writer: _HeldWriter | None = None  # SQLite with an engine of our own
         if isinstance(url_or_engine, Engine):
-            _check_driver(url_or_engine.url)
+            check_driver(url_or_engine.url)
             self._owns_engine = False
             self._engine = url_or_engine
         else:
             self._owns_engine = True
-            self._engine = _create_engine(url_or_engine, busy_timeout, connect_timeout)
+            self._engine = make_engine(url_or_engine, busy_timeout, connect_timeout)
         self._is_sqlite = self._engine.dialect.name == "sqlite"
         if self._is_sqlite:
             self._local_writer = threading.Lock()
         self._notify_changes = notify_changes and not self._is_sqlite  # see _notify_change
         self._change_origin = new_origin()
-        self._path = _sqlite_path(self._engine.url) if self._is_sqlite else None
+        self._path = sqlite_path(self._engine.url) if self._is_sqlite else None
         self._where = (
             str(self._path)
             if self._path is not None
             else self._engine.url.render_as_string(hide_password=True)
         )
         self._sql = _Statements(sqlite=self._is_sqlite)
-        self._connectable = self._engine.execution_options(**{_OURS_OPTION: True})
+        self._connectable = self._engine.execution_options(**{OURS_OPTION: True})
         if self._is_sqlite and self._owns_engine:
             self._writer = _HeldWriter(self._connectable)
         try:
             if self._is_sqlite:
-                _check_folder(self._path)
-                _configure_sqlite_engine(
+                check_folder(self._path)
+                configure_sqlite_engine(
                     self._engine, synchronous, busy_timeout, shared=not self._owns_engine
                 )
                 self._check_integrity()
@@ -628,7 +620,7 @@ class SQLStorage:
             with self._connectable.connect() as conn:
                 row = conn.exec_driver_sql(_SELECT_REVISION).first()
         except sa_exc.DBAPIError as exc:
-            if _is_missing_table(exc.orig):
+            if is_missing_table(exc.orig):
                 return None
             raise self._translate(exc, key=None, action="opening") from exc
         except Exception as exc:
@@ -807,7 +799,7 @@ class SQLStorage:
         action: str,
         expected_version: int | Literal["n/a"] | None = "n/a",
     ) -> DashPersistError:
-        kind, reason = _classify(exc)
+        kind, reason = classify(exc)
         subject = f"{key} in {self._where}" if key is not None else self._where
         message = f"{action} {subject} failed: {reason}"
         if kind == "conflict" and key is not None and expected_version != "n/a":
@@ -815,8 +807,8 @@ class SQLStorage:
         if kind == "invalid":
             issue = ValidationIssue("$", "storable", f"the database refused a value ({reason})")
             return ValidationError([issue])
-        if kind in _PATH_ERRORS:
-            return _PATH_ERRORS[kind](message, path=self._path)
+        if kind in PATH_ERRORS:
+            return PATH_ERRORS[kind](message, path=self._path)
         if kind in ("conflict", "unavailable"):
             # A serialization failure outside a compare-and-swap write: try again later.
             return StorageUnavailableError(message)
@@ -1087,9 +1079,6 @@ def _driver(conn: Connection) -> sqlite3.Connection:
     return cast(sqlite3.Connection, conn.connection.driver_connection)
 
 
-# -- engines -------------------------------------------------------------------------------
-
-
 def _assumed_current(
     record: VersionRecord | None, expected_version: int | None
 ) -> tuple[int, str] | None:
@@ -1098,258 +1087,6 @@ def _assumed_current(
     if record is None or expected_version is None or record.parent_checksum is None:
         return None
     return expected_version, record.parent_checksum
-
-
-def _create_engine(url_text: str, busy_timeout: float, connect_timeout: float | None) -> Engine:
-    try:
-        url = make_url(url_text)
-    except sa_exc.ArgumentError as exc:
-        raise ConfigurationError("not a database URL (see dashpersist.open_storage)") from exc
-    if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg")
-    _check_driver(url)
-    if url.get_backend_name() == "sqlite":
-        return create_engine(
-            url,
-            connect_args={"timeout": busy_timeout},
-            pool_timeout=connect_timeout_for(None, connect_timeout),
-        )
-    try:
-        import psycopg  # noqa: F401
-    except ImportError as exc:
-        raise ConfigurationError(
-            "PostgreSQL needs psycopg 3: pip install 'dashpersist[postgres]'"
-        ) from exc
-    url, operation_timeout = split_operation_timeout(url)
-    # libpq's own URL option: read here, so that it bounds the pool's wait too, and is
-    # not overridden by the connect_args below (which would otherwise win).
-    connect_timeout = connect_timeout_for(url.query.get("connect_timeout"), connect_timeout)
-    engine = create_engine(
-        url,
-        # With a deadline, the ping runs inside its watched window instead (_deadline.py).
-        pool_pre_ping=not operation_timeout,
-        pool_timeout=connect_timeout,
-        connect_args={"connect_timeout": max(2, math.ceil(connect_timeout))},
-    )
-    if operation_timeout:
-        enforce_operation_timeout(engine, operation_timeout)
-    return engine
-
-
-def _check_driver(url: URL) -> None:
-    backend, driver = url.get_backend_name(), url.get_driver_name()
-    if (backend, driver) not in (("sqlite", "pysqlite"), ("postgresql", "psycopg")):
-        raise ConfigurationError(
-            f"SQLStorage supports sqlite:// (sqlite3) and postgresql:// (psycopg 3), "
-            f"not {backend}+{driver}"
-        )
-    if backend == "sqlite" and url.database in (None, "", ":memory:"):
-        raise ConfigurationError(
-            "an in-memory SQLite database lives in one connection; use MemoryStorage"
-        )
-
-
-def _check_folder(path: Path | None) -> None:
-    if path is not None and not path.parent.is_dir():
-        raise ConfigurationError(f"the folder {path.parent} of the SQLite database does not exist")
-
-
-def _sqlite_path(url: URL) -> Path | None:
-    database = url.database or ""
-    if database.startswith("file:") or url.query.get("uri"):
-        return None  # a sqlite3 URI: its options are the caller's business
-    return Path(database).absolute()
-
-
-def _configure_sqlite_engine(
-    engine: Engine, synchronous: str, busy_timeout: float, *, shared: bool
-) -> None:
-    """Install, once, the listeners that make *engine* behave as SQLStorage needs.
-
-    SQLStorage takes transaction control away from the sqlite3 module, whose legacy mode
-    issues no BEGIN before a SELECT and never a BEGIN IMMEDIATE: each connection is put in
-    autocommit mode and SQLStorage says BEGIN IMMEDIATE itself. On a *shared* engine (one
-    the caller passed in), a ``begin`` listener gives every other user of the engine the
-    plain BEGIN SQLAlchemy's transactions expect. Owned engines do without it, because any
-    connection event listener puts every statement through SQLAlchemy's event dispatch.
-    """
-    busy_ms = round(busy_timeout * 1000)
-
-    def on_checkout(
-        dbapi_connection: DBAPIConnection,
-        record: ConnectionPoolEntry,
-        proxy: PoolProxiedConnection,
-    ) -> None:
-        # On checkout rather than on connect: a shared engine may hold connections that
-        # were opened before SQLStorage saw it.
-        if record.info.get(_OURS_OPTION):
-            return
-        connection = cast(sqlite3.Connection, dbapi_connection)
-        connection.isolation_level = None
-        connection.execute(f"PRAGMA busy_timeout={busy_ms}").close()
-        _enter_wal_mode(connection, busy_timeout)
-        connection.execute(f"PRAGMA synchronous={synchronous}").close()
-        record.info[_OURS_OPTION] = True
-
-    def on_begin(conn: Connection) -> None:
-        if not conn.get_execution_options().get(_OURS_OPTION):
-            conn.exec_driver_sql("BEGIN")
-
-    with _configured_lock:
-        if engine in _configured_engines:
-            return
-        event.listen(engine, "checkout", on_checkout)
-        if shared:
-            event.listen(engine, "begin", on_begin)
-        _configured_engines.add(engine)
-
-
-def _enter_wal_mode(connection: sqlite3.Connection, busy_timeout: float) -> None:
-    """Put the database in WAL mode, retrying for up to *busy_timeout* seconds while
-    another connection holds a lock.
-
-    Switching a database out of rollback mode needs an exclusive lock, and SQLite does
-    not wait for one in its busy handler: a connection holding a shared lock would
-    deadlock with the writer it waits for, so it gets SQLITE_BUSY at once. Processes
-    opening a fresh database together meet exactly that; the statement releases its
-    lock when it fails, so trying again from outside makes progress.
-    """
-    for attempt in Retrying(
-        retry=retry_if_exception(_is_busy),
-        stop=stop_after_delay(busy_timeout),
-        wait=wait_random_exponential(multiplier=0.002, max=0.1),
-        reraise=True,
-    ):
-        with attempt:
-            connection.execute("PRAGMA journal_mode=WAL").close()
-
-
-def _is_busy(exc: BaseException) -> bool:
-    return _sqlite_code(exc) == sqlite3.SQLITE_BUSY
-
-
-def _sqlite_code(exc: BaseException) -> int | None:
-    """The primary result code of a sqlite3 error (its extended code, SQLITE_BUSY_*,
-    without the detail), or ``None``."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code & 0xFF if isinstance(exc, sqlite3.Error) and isinstance(code, int) else None
-
-
-# -- error translation --------------------------------------------------------------------
-
-_Kind = Literal["conflict", "unavailable", "full", "permission", "corrupt", "invalid", "other"]
-
-_SQLITE_KINDS: Final[dict[int, _Kind]] = {
-    sqlite3.SQLITE_PERM: "permission",
-    sqlite3.SQLITE_BUSY: "unavailable",
-    sqlite3.SQLITE_LOCKED: "unavailable",
-    sqlite3.SQLITE_NOMEM: "unavailable",
-    sqlite3.SQLITE_READONLY: "permission",
-    sqlite3.SQLITE_CORRUPT: "corrupt",
-    sqlite3.SQLITE_FULL: "full",
-    sqlite3.SQLITE_CANTOPEN: "permission",
-    sqlite3.SQLITE_TOOBIG: "invalid",
-    sqlite3.SQLITE_CONSTRAINT: "conflict",
-    sqlite3.SQLITE_MISMATCH: "invalid",
-    sqlite3.SQLITE_AUTH: "permission",
-    sqlite3.SQLITE_NOTADB: "corrupt",
-}
-
-_PATH_ERRORS: Final[
-    dict[_Kind, type[StorageFullError | StoragePermissionError | CorruptStoreError]]
-] = {
-    "full": StorageFullError,
-    "permission": StoragePermissionError,
-    "corrupt": CorruptStoreError,
-}
-
-_PG_STATES: Final[dict[str, _Kind]] = {
-    "40001": "conflict",  # serialization_failure
-    "40P01": "conflict",  # deadlock_detected
-    "23505": "conflict",  # unique_violation
-    "53100": "full",  # disk_full
-    "53200": "unavailable",  # out_of_memory
-    "53300": "unavailable",  # too_many_connections
-    "55P03": "unavailable",  # lock_not_available
-    "57014": "unavailable",  # query_canceled (statement_timeout)
-    "57P01": "unavailable",  # admin_shutdown
-    "57P02": "unavailable",  # crash_shutdown
-    "57P03": "unavailable",  # cannot_connect_now
-    "42501": "permission",  # insufficient_privilege
-    "25006": "permission",  # read_only_sql_transaction (a standby)
-    "42P01": "corrupt",  # undefined_table: our schema is gone
-    "42703": "corrupt",  # undefined_column
-    "XX001": "corrupt",  # data_corrupted
-    "XX002": "corrupt",  # index_corrupted
-}
-
-_PG_STATE_CLASSES: Final[dict[str, _Kind]] = {
-    "08": "unavailable",  # connection_exception
-    "22": "invalid",  # data_exception, e.g. \u0000 in jsonb
-}
-
-_OS_KINDS: Final[dict[int, _Kind]] = {
-    errno.ENOSPC: "full",
-    errno.EDQUOT: "full",
-    errno.EACCES: "permission",
-    errno.EPERM: "permission",
-    errno.EROFS: "permission",
-}
-
-
-def _classify(exc: BaseException) -> tuple[_Kind, str]:
-    """Return the kind of failure *exc* is and a reason that holds no document values."""
-    if (
-        isinstance(exc, sa_exc.DBAPIError)
-        and exc.orig is not None
-        and not exc.connection_invalidated
-    ):
-        return _classify(exc.orig)
-    kind: _Kind = "other"
-    reason = type(exc).__name__
-    if isinstance(exc, sa_exc.TimeoutError):
-        kind, reason = "unavailable", "no free connection in the pool"
-    elif isinstance(exc, sa_exc.DBAPIError):
-        kind, reason = "unavailable", "the connection to the database was lost"
-    elif isinstance(exc, UnicodeError):
-        kind, reason = "invalid", "text that is not valid Unicode"
-    elif isinstance(exc, sqlite3.Error):
-        code = _sqlite_code(exc)
-        kind = "other" if code is None else _SQLITE_KINDS.get(code, "other")
-        if kind == "other" and _is_missing_table(exc):
-            kind = "corrupt"
-        # SQLite's messages name tables and columns, never values.
-        reason = f"{getattr(exc, 'sqlite_errorname', reason)}: {exc}"
-    elif isinstance(exc, OSError):
-        kind, reason = _OS_KINDS.get(exc.errno or 0, "other"), f"{reason}: {exc.strerror}"
-    elif type(exc).__module__.startswith("psycopg"):
-        kind, reason = _classify_psycopg(exc)
-    return kind, reason
-
-
-def _classify_psycopg(exc: BaseException) -> tuple[_Kind, str]:
-    import psycopg
-
-    sqlstate = getattr(exc, "sqlstate", None)
-    if sqlstate is None:
-        # Raised by the client: the server is unreachable, the connection is gone, or a
-        # value psycopg can't send (NUL in text). Their messages hold no document values.
-        kind: _Kind = "other"
-        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-            kind = "unavailable"
-        elif isinstance(exc, psycopg.DataError):
-            kind = "invalid"
-        lines = str(exc).strip().splitlines()
-        return kind, f"{type(exc).__name__}: {lines[0] if lines else ''}"
-    # A server's message may quote the offending value: name only the SQLSTATE.
-    kind = _PG_STATES.get(sqlstate) or _PG_STATE_CLASSES.get(sqlstate[:2], "other")
-    return kind, f"SQLSTATE {sqlstate} ({type(exc).__name__})"
-
-
-def _is_missing_table(orig: BaseException | None) -> bool:
-    if isinstance(orig, sqlite3.Error):
-        return "no such table" in str(orig)
-    return getattr(orig, "sqlstate", None) == "42P01"
 
 
 def _check_record_text(record: VersionRecord) -> None:
