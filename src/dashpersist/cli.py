@@ -60,6 +60,7 @@ from dashpersist.errors import (
     ValidationError,
 )
 from dashpersist.manager import PersistenceManager, default_store_url
+from dashpersist.outbox import OutboxEntry
 from dashpersist.patch import make_patch
 from dashpersist.rotation import RotationProgress, RotationReport
 from dashpersist.storage.protocol import DocumentKey, Storage, StoredDocument
@@ -853,13 +854,22 @@ def _manager(ctx: typer.Context) -> Iterator[PersistenceManager]:
         manager.close()
 
 
+def _waiting_and_blocked(
+    manager: PersistenceManager,
+) -> tuple[list[OutboxEntry], list[tuple[OutboxEntry, str]]]:
+    """The outbox's entries that are not blocked (some may wait behind a blocked one),
+    and the blocked ones with the reason."""
+    blocked = manager.blocked_outbox_entries()
+    refused = {entry.entry_id for entry, _ in blocked}
+    return [e for e in manager.outbox_entries() if e.entry_id not in refused], blocked
+
+
 @outbox_app.command("list")
 @_reports_errors
 def outbox_list(ctx: typer.Context) -> None:
     """List the writes waiting in the outbox, and the ones the store refused."""
     with _manager(ctx) as manager:
-        waiting = manager.outbox_entries()
-        blocked = manager.blocked_outbox_entries()
+        waiting, blocked = _waiting_and_blocked(manager)
     if not waiting and not blocked:
         typer.echo("the outbox is empty")
         return
@@ -886,8 +896,7 @@ def outbox_replay(ctx: typer.Context) -> None:
     """Write the waiting entries to the store now, oldest first per document."""
     with _manager(ctx) as manager:
         replayed = manager.replay_outbox()
-        waiting = manager.outbox_entries()
-        blocked = manager.blocked_outbox_entries()
+        waiting, blocked = _waiting_and_blocked(manager)
     typer.echo(f"replayed {replayed} entries; {len(waiting)} still waiting")
     for entry, reason in blocked:
         typer.echo(

@@ -300,6 +300,25 @@ class Committer(Generic[DocT]):
         )
         return SaveResult(success=True, version=version, source="storage", merge=result)
 
+    def _entry_base(
+        self, entry: OutboxEntry, base_version: int, current: StoredDocument
+    ) -> JsonObject:
+        """Rebuild the version *entry* was edited on top of, to merge it from; a base no
+        longer in history (trimmed while the entry waited) is a `ConflictError`, which
+        blocks the entry, as the same save online would be refused."""
+        try:
+            base, _ = self.retry(lambda: self._versions.get_document(entry.key, base_version))
+        except NotFoundError as exc:
+            raise ConflictError(
+                entry.key,
+                expected_version=base_version,
+                actual_version=current.version,
+                message=f"{entry.key} moved on from version {base_version} to "
+                f"{current.version} while outbox entry {entry.entry_id} waited, and version "
+                f"{base_version} is no longer in history to merge from",
+            ) from exc
+        return base
+
     def commit(
         self,
         key: DocumentKey,
@@ -407,6 +426,16 @@ class Committer(Generic[DocT]):
         for attempt in range(1, _MERGE_ATTEMPTS + 1):
             self._cache.invalidate(key)
             current = self.read(key)
+            if current is not None and current.version != base_version:
+                # Another process sharing the outbox may have replayed this entry since
+                # the caller looked: then it is stored, and merging it again would write
+                # it twice (over a newer entry). The write below is a compare-and-swap
+                # on what was read here, so it cannot slip in after this look.
+                written = self.retry(
+                    lambda: version_carrying(self._storage, key, entry.entry_id, base_version)
+                )
+                if written is not None:
+                    return written
             document, change_type, description = (
                 entry.document,
                 entry.change_type,
@@ -421,7 +450,7 @@ class Committer(Generic[DocT]):
                 and base_version is not None
                 and current.version != base_version
             ):
-                base, _ = self.retry(lambda: self._versions.get_document(key, base_version))
+                base = self._entry_base(entry, base_version, current)
             if self._codec.encryptor is not None:
                 # The entry may have waited through a key rotation: encrypt it afresh under
                 # the primary key, keeping the ciphertext of secrets it did not change.

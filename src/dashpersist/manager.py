@@ -815,9 +815,10 @@ class PersistenceManager(Generic[DocT]):
         )
 
     def outbox_entries(self) -> list[OutboxEntry]:
-        """Return the writes waiting in the outbox, oldest first per document."""
+        """Return the writes waiting in the outbox, oldest first per document: blocked
+        ones (see `blocked_outbox_entries` for why) and those behind them included."""
         self._check_open()
-        return [] if self._sync is None else self._sync.outbox.entries()
+        return [] if self._sync is None else self._sync.outbox.entries(past_blocked=True)
 
     def blocked_outbox_entries(self) -> list[tuple[OutboxEntry, str]]:
         """Return the outbox entries the store refused for good, with the reason."""
@@ -843,9 +844,13 @@ class PersistenceManager(Generic[DocT]):
     def discard_outbox_entry(self, entry_id: str) -> OutboxEntry:
         """Remove an outbox entry for good (export it first); its document's queue goes on."""
         self._check_open()
-        if self._sync is None:
+        entry = None if self._sync is None else self._sync.outbox.find(entry_id)
+        if self._sync is None or entry is None:
             raise NotFoundError(f"no outbox entry {entry_id}")
-        return self._sync.discard(entry_id)
+        # Under the document's lock: a replay of the document (which holds it) either
+        # wrote the entry already (then discarding it fails) or never will.
+        with self._lock_for(entry.key):
+            return self._sync.discard(entry_id)
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -1132,14 +1137,26 @@ class PersistenceManager(Generic[DocT]):
 
     def _replay_everything(self) -> int:
         """Replay every document with entries waiting (`replay_outbox`, and the probe's
-        pass); blocked documents are skipped. Return how many entries reached storage."""
+        pass); blocked documents are skipped. Return how many entries reached storage.
+
+        A document that fails otherwise (a damaged outbox file, say) does not hold up
+        the others: they replay, and then the first such error is raised. Storage being
+        unreachable stops the pass at once (no other document would get through)."""
         replayed = 0
+        first_error: DashPersistError | None = None
         for key in [] if self._closed or self._sync is None else self._sync.pending_keys():
             with self._lock_for(key):
                 try:
                     replayed += self._replay(key).replayed
                 except OutboxBlockedError:
                     continue
+                except StorageUnavailableError:
+                    raise
+                except DashPersistError as exc:
+                    _LOG.error("could not replay the outbox entries of %s: %s", key, exc)
+                    first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
         return replayed
 
     def _synchronizer(self, *, create: bool) -> Synchronizer | None:

@@ -453,20 +453,24 @@ class Outbox:
 
     # -- reading -------------------------------------------------------------------------
 
-    def entries(self, key: DocumentKey | None = None) -> list[OutboxEntry]:
+    def entries(
+        self, key: DocumentKey | None = None, *, past_blocked: bool = False
+    ) -> list[OutboxEntry]:
         """Return the entries waiting to be written, in append order per document.
 
-        With *key*, that document's entries, stopping before its first blocked entry.
-        Without, every document's (documents sorted by key); then a document that can't
-        be read raises too. Raises `CorruptStoreError` naming the file and line when the
-        document's file holds a line this module did not write.
+        With *key*, that document's entries; without, every document's (documents sorted
+        by key), and then a document that can't be read raises too. A document's entries
+        stop before its first blocked entry (what a replay can write), unless
+        *past_blocked*: then the blocked entries and those waiting behind them are listed
+        too. Raises `CorruptStoreError` naming the file and line when the document's file
+        holds a line this module did not write.
         """
         with self._locked():
             documents = [self._read(key)] if key is not None else self._read_all(strict=True)
         waiting: list[OutboxEntry] = []
         for document in documents:
             for entry_id in document.checked().live():
-                if document.status[entry_id] == "blocked":
+                if document.status[entry_id] == "blocked" and not past_blocked:
                     break
                 waiting.append(document.entries[entry_id])
         return waiting
@@ -622,21 +626,26 @@ class Outbox:
         return self._folder / f"{_stem(key)}.jsonl"
 
     def _read_path(self, path: Path) -> _Document:
-        with _os_errors(path, "read"):
-            try:
-                fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
-            except FileNotFoundError:
-                return _Document(path)
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise CorruptStoreError(
-                        f"{path} is not a regular file; it was left as found", path=path
-                    )
-                chunks: list[bytes] = []
-                while chunk := os.read(fd, 1 << 20):
-                    chunks.append(chunk)
-            finally:
-                os.close(fd)
+        try:
+            with _os_errors(path, "read"):
+                try:
+                    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+                except FileNotFoundError:
+                    return _Document(path)
+                try:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        raise CorruptStoreError(
+                            f"{path} is not a regular file; it was left as found", path=path
+                        )
+                    chunks: list[bytes] = []
+                    while chunk := os.read(fd, 1 << 20):
+                        chunks.append(chunk)
+                finally:
+                    os.close(fd)
+        except CorruptStoreError as exc:
+            # A link or a folder under an outbox file's name: like a file that does not
+            # parse, it is reported where it is read, and does not stop the others.
+            return _Document(path, error=exc)
         return _parse_document(path, b"".join(chunks))
 
     def _read(self, key: DocumentKey) -> _Document:

@@ -11,6 +11,7 @@ keep replaying.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from dashpersist.errors import (
     ConfigurationError,
     ConflictError,
     DecryptionError,
+    NotFoundError,
     OutboxBlockedError,
     PatchError,
     StorageUnavailableError,
@@ -92,10 +94,11 @@ class Synchronizer:
             return sorted(self._pending)
 
     def newest(self, key: DocumentKey) -> OutboxEntry | None:
-        """Return the newest entry waiting for *key* (what the user saw last), or ``None``."""
+        """Return the newest entry waiting for *key* (what the user saw last), or ``None``;
+        blocked entries, and those behind them, are waiting too."""
         if not self.has_pending(key):
             return None
-        entries = self.outbox.entries(key)
+        entries = self.outbox.entries(key, past_blocked=True)
         return entries[-1] if entries else None
 
     def park(self, entry: OutboxEntry) -> None:
@@ -135,7 +138,10 @@ class Synchronizer:
                         self._block(entry, exc, report)
                         raise _blocked_error(entry) from exc
                 report.written[entry.entry_id] = applied
-            self.outbox.mark_done(entry.entry_id, version=applied)
+            # Gone already: another process sharing the outbox replayed it too (its write
+            # and ours are one version, see `commit_entry`), marked it done and compacted.
+            with contextlib.suppress(NotFoundError):
+                self.outbox.mark_done(entry.entry_id, version=applied)
             previous = entry
             if self._on_replayed is not None:
                 self._on_replayed(entry, applied)
