@@ -115,6 +115,7 @@ class AutosaveQueue(Generic[K, V, R]):
         self._cond = threading.Condition(threading.Lock())
         self._slots: dict[K, _Slot[V]] = {}
         self._writing: set[K] = set()
+        self._in_write = threading.local()  # set on a thread while it runs *write*
         self._closed = False
         self._stopping = False
         # When the worker next wakes by itself; a put only notifies it for an earlier deadline.
@@ -179,14 +180,18 @@ class AutosaveQueue(Generic[K, V, R]):
         with self._cond:
             return {*self._slots, *self._writing}
 
-    def discard(self, key: K) -> V | None:
+    def discard(self, key: K, *, only_if: Callable[[V], bool] | None = None) -> V | None:
         """Drop the queued value of *key* and return it (``None`` if there was none).
 
+        With *only_if*, only a value it says yes to (a value older than some save, say).
         A write of *key* already in progress is not recalled; it completes or fails as usual.
         """
         with self._cond:
-            slot = self._slots.pop(key, None)
-            return None if slot is None else slot.value
+            slot = self._slots.get(key)
+            if slot is None or (only_if is not None and not only_if(slot.value)):
+                return None
+            del self._slots[key]
+            return slot.value
 
     # -- writing -------------------------------------------------------------------------
 
@@ -220,8 +225,16 @@ class AutosaveQueue(Generic[K, V, R]):
         is re-raised; the values whose writes failed stay queued. So when `flush` returns,
         every value queued at its start has been written. A background failure whose key
         this flush then writes successfully was already reported to *on_error* and is not
-        raised again. Starts no thread: safe inside an ``atexit`` handler.
+        raised again. Starts no thread: safe inside an ``atexit`` handler. Called by code
+        that runs inside a write (a callback, an event subscriber) on the writing thread,
+        it raises `ConfigurationError` instead of waiting for itself.
         """
+        if getattr(self._in_write, "active", False):
+            raise ConfigurationError(
+                "flush() or close() was called by code running inside an autosave write "
+                "(an event subscriber or callback), on the thread doing that write: it "
+                "would wait for itself. Call it from another thread."
+            )
         with self._cond:
             keys = list(self._slots)
         results: list[R] = []
@@ -283,7 +296,7 @@ class AutosaveQueue(Generic[K, V, R]):
             value, generation = slot.value, slot.generation
             slot.first_put_during_write = None
         try:
-            result = self._write(key, value)
+            result = self._write_marked(key, value)
         except Exception as exc:  # noqa: BLE001 - any failure keeps the value queued and is reported
             self._record_failure(key, slot, exc)
             return _Outcome(written=False, error=exc)
@@ -309,6 +322,14 @@ class AutosaveQueue(Generic[K, V, R]):
             except Exception:  # noqa: BLE001 - a host callback must not kill the worker
                 _LOG.exception("the on_written callback raised for %s", key)
         return _Outcome(written=True, result=result)
+
+    def _write_marked(self, key: K, value: V) -> R:
+        """Run *write*, marking this thread as inside it (see `flush`)."""
+        self._in_write.active = True
+        try:
+            return self._write(key, value)
+        finally:
+            self._in_write.active = False
 
     def _record_failure(self, key: K, slot: _Slot[V], exc: Exception) -> None:
         with self._cond:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeAlias
@@ -171,11 +171,14 @@ class Journal:
             _call(change.on_rollback)
         return view
 
-    def forget(self, key: DocumentKey) -> Sequence[PendingChange]:
-        """Drop everything about *key* (after a reload from storage); return what was pending."""
+    def abandon(self, key: DocumentKey, error: DashPersistError) -> None:
+        """Roll back every pending change of *key*, whose document is gone: each one's
+        ``on_error`` (with *error*) then ``on_rollback`` fire."""
         with self._lock:
             entry = self._documents.pop(key, None)
-            return [] if entry is None else entry.pending
+        for change in [] if entry is None else entry.pending:
+            _call(change.on_error, error)
+            _call(change.on_rollback)
 
 
 def _call(callback: Callable[..., None] | None, *args: object) -> None:

@@ -358,10 +358,14 @@ class PersistenceManager(Generic[DocT]):
             self._autosave.put((key, client_id), pending)
             self._emit("queued", key, None)
             return SaveResult(success=True, version=None, source="queued")
-        # Newer than anything this client queued for the document: it supersedes that.
-        # Other clients' queued saves stay queued and merge when they are written.
-        self._autosave.discard((key, client_id))
-        return self._store(key, pending)
+        result = self._store(key, pending)
+        # Newer than anything this client queued for the document: once written, it
+        # supersedes that (a queued save already being written is skipped as older, see
+        # `_note_written`). Until then the queued save stays: a failed immediate save
+        # must not take an acknowledged one down with it. Other clients' queued saves
+        # stay queued and merge when they are written.
+        self._discard_older((key, client_id), pending.sequence)
+        return result
 
     def load_layout(self, user_id: str, *, layout_id: str = "default") -> DocT | None:
         """Return the user's current document, or ``None`` if there is none.
@@ -417,21 +421,30 @@ class PersistenceManager(Generic[DocT]):
     def delete_layout(self, user_id: str, *, layout_id: str = "default") -> None:
         """Delete the user's document and its history; raise `NotFoundError` if absent.
 
-        Saves of this manager still queued for the document are dropped with it.
+        What this manager still holds for the document goes with it once it is deleted:
+        queued saves, its outbox entries, and optimistic changes (rolled back: their
+        ``on_error``, with a `NotFoundError`, and ``on_rollback`` fire). A delete that
+        fails drops nothing.
         """
         self._check_open()
         key = _key(user_id, layout_id)
         with self._lock_for(key):
-            # Saves still queued for the document would bring it back: they go with it.
-            for slot in self._queued_slots(key):
-                self._autosave.discard(slot)
-            self._journal.forget(key)
-            self._view_models.pop(key, None)
             try:
                 self._retry(lambda: self._storage.delete(key))
             finally:
                 invalidate_everywhere(self._storage, key)
-                self._committer.forget(key)
+            # Deleted: what this manager still holds for the document would bring it
+            # back, so it goes with it (and stays if the delete failed): queued saves,
+            # saves already taken by the autosave writer (marked older than the delete,
+            # so `_note_written` skips them), outbox entries, and optimistic changes.
+            deletion = next(self._sequence)
+            for slot in self._slots_of(key):
+                self._autosave.discard(slot, only_if=lambda queued: queued.sequence < deletion)
+                self._note_written(slot, deletion)
+            self._discard_parked(key)
+            self._journal.abandon(key, NotFoundError(f"{key} was deleted"))
+            self._view_models.pop(key, None)
+            self._committer.forget(key)
         self._emit("deleted", key, None)
         self._record("deleted", key, None, None)
 
@@ -457,6 +470,16 @@ class PersistenceManager(Generic[DocT]):
             current = self._committer.read(target)
             if current is not None:
                 raise ConflictError(target, expected_version=None, actual_version=current.version)
+            if self._queued_slots(target) or self._parked(target) is not None:
+                # The target exists for this manager's callers: saves of it are queued or
+                # wait in the outbox. Cloning over it would drop them.
+                raise ConflictError(
+                    target,
+                    expected_version=None,
+                    actual_version=None,
+                    message=f"{target} has saves waiting to be written (queued or in the "
+                    "outbox); it exists for their callers, so it is not cloned over",
+                )
             self._bases.pop(target, None)
         return self.save_layout(
             user_id,
@@ -796,7 +819,13 @@ class PersistenceManager(Generic[DocT]):
             for slot in self._queued_slots(key):
                 queued = self._autosave.discard(slot)
                 if queued is not None:
-                    saved = self._write_queued(slot, queued)
+                    try:
+                        saved = self._write_queued(slot, queued)
+                    except BaseException:
+                        # Not written: it waits again (behind any newer save of its
+                        # client), as a failed autosave write does.
+                        self._autosave.put(slot, queued, replace=False)
+                        raise
             if saved is not None and saved.source == "outbox":
                 raise StorageUnavailableError(
                     f"{key}: the store is unreachable; kept in the outbox"
@@ -983,7 +1012,8 @@ class PersistenceManager(Generic[DocT]):
         """Write a validated save now (from the caller or the autosave worker); park it in
         the outbox when storage stays unreachable."""
         with self._lock_for(key):
-            if not self._note_written((key, pending.client_id), pending):
+            slot = (key, pending.client_id)
+            if pending.queued and self._overtaken(slot, pending.sequence):
                 # A newer save of this client was written already (an immediate save
                 # overtook this queued one): writing this one would resurrect old state.
                 return SaveResult(success=True, version=self._bases.get(key), source="unchanged")
@@ -999,6 +1029,9 @@ class PersistenceManager(Generic[DocT]):
                 self._emit("save_failed", key, None, error=exc)
                 self._settle_failure(key, pending, exc)
                 raise
+            # Noted only once written (under the document lock, which every write of the
+            # slot takes): a failed save must not make an older queued one look overtaken.
+            self._note_written(slot, pending.sequence)
             self._settle_success(key, pending, result)
         if result.source == "storage":
             self._listen()
@@ -1008,18 +1041,22 @@ class PersistenceManager(Generic[DocT]):
             self._record("merged" if merged else "saved", key, result.version, pending.description)
         return result
 
-    def _note_written(self, slot: _Slot, pending: PendingSave) -> bool:
-        """Note that *pending* is written now for *slot*; ``False`` (and nothing noted) when
-        it is a queued save older than one of the same client written already."""
+    def _overtaken(self, slot: _Slot, sequence: int) -> bool:
+        """Whether a save of *slot* newer than save number *sequence* was written (or the
+        document deleted after it was numbered)."""
         with self._written_guard:
             last = self._written.get(slot)
-            if last is not None and pending.queued and pending.sequence < last[0]:
-                return False
-            newest = pending.sequence if last is None else max(pending.sequence, last[0])
+            return last is not None and sequence < last[0]
+
+    def _note_written(self, slot: _Slot, sequence: int) -> None:
+        """Note that save number *sequence* of *slot* was written now (or that the
+        document was deleted then): queued saves of the slot numbered before are stale."""
+        with self._written_guard:
+            last = self._written.get(slot)
+            newest = sequence if last is None else max(sequence, last[0])
             self._written[slot] = (newest, self._timer())
             if len(self._written) >= self._written_sweep_at:
                 self._sweep_written()
-        return True
 
     def _sweep_written(self) -> None:
         """Forget the last writes of clients that have nothing queued or being written, and
@@ -1092,6 +1129,23 @@ class PersistenceManager(Generic[DocT]):
     def _on_autosave_error(self, slot: _Slot, error: BaseException) -> None:
         if isinstance(error, Exception):
             self._emit("save_failed", slot[0], None, error=error)
+
+    def _discard_older(self, slot: _Slot, sequence: int) -> None:
+        """Drop *slot*'s queued save if it is older than save number *sequence*."""
+        self._autosave.discard(slot, only_if=lambda queued: queued.sequence < sequence)
+
+    def _slots_of(self, key: DocumentKey) -> set[_Slot]:
+        """The slots of *key* with a save queued or being written, in any queue."""
+        with self._written_guard:
+            writing = set(self._writing)
+        busy = writing.union(*(q.busy_keys() for q in (self._autosave, *self._retiring)))
+        return {slot for slot in busy if slot[0] == key}
+
+    def _discard_parked(self, key: DocumentKey) -> None:
+        """Drop *key*'s outbox entries, blocked ones and those behind them included."""
+        if self._sync is not None:
+            for entry in self._sync.outbox.entries(key, past_blocked=True):
+                self._sync.discard(entry.entry_id)
 
     def _queued_slots(self, key: DocumentKey) -> list[_Slot]:
         """The autosave slots (one per client) holding queued saves of *key*."""

@@ -1,0 +1,217 @@
+"""Paths on which a save the caller was told about could be lost, or a deleted document
+come back: each was reproduced by a review, and each test fails without its fix."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dashpersist import (
+    ConfigurationError,
+    ConflictError,
+    Layout,
+    MemoryStorage,
+    PersistenceConfig,
+    PersistenceManager,
+    StorageFullError,
+    Widget,
+)
+from dashpersist.events import ChangeEvent
+from dashpersist.storage import DocumentKey
+from dashpersist.testing import FakeClock, FaultyStorage
+
+
+def layout(title: str, *extra: str) -> Layout:
+    widgets = [Widget(id="w1", type="chart", title=title, w=4, h=2)]
+    widgets += [Widget(id=name, type="chart", title=name, x=4, w=4, h=2) for name in extra]
+    return Layout(widgets=widgets)
+
+
+def manager(
+    tmp_path: Path, storage: FaultyStorage | None = None, clock: FakeClock | None = None
+) -> tuple[PersistenceManager, FaultyStorage, FakeClock]:
+    clock = clock or FakeClock()
+    storage = storage or FaultyStorage(MemoryStorage())
+    config = PersistenceConfig(
+        auto_save_delay=2.0,
+        auto_save_max_wait=10.0,
+        outbox_dir=tmp_path / "outbox",
+        retry_attempts=1,
+    )
+    pm = PersistenceManager(
+        storage, config=config, timer=clock, sleep=clock.sleep, start_threads=False
+    )
+    return pm, storage, clock
+
+
+def disk_full() -> StorageFullError:
+    return StorageFullError("disk full")
+
+
+def test_a_failed_sync_keeps_the_queued_save_it_took(tmp_path: Path) -> None:
+    pm, storage, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    pm.save_layout("alice", layout("queued edit"))
+    storage.fail_next("write", error=disk_full)
+
+    with pytest.raises(StorageFullError):
+        pm.sync("alice")
+
+    assert pm.has_pending_writes
+    pm.flush()
+    assert pm.load_layout("alice") == layout("queued edit")
+    pm.close()
+
+
+def test_a_failed_immediate_save_keeps_the_clients_queued_save(tmp_path: Path) -> None:
+    pm, storage, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    pm.save_layout("alice", layout("queued", "w2"))
+    storage.fail_next("write", error=disk_full)
+
+    with pytest.raises(StorageFullError):
+        pm.save_layout("alice", layout("immediate"), immediate=True)
+
+    assert pm.load_layout("alice") == layout("queued", "w2")
+    pm.flush()
+    assert [v.version for v in pm.get_version_history("alice")] == [2, 1]
+    pm.close()
+
+
+def test_a_written_immediate_save_still_supersedes_the_clients_queued_one(tmp_path: Path) -> None:
+    pm, _, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    pm.save_layout("alice", layout("queued"))
+
+    pm.save_layout("alice", layout("immediate"), immediate=True)
+
+    assert not pm.has_pending_writes
+    assert pm.load_layout("alice") == layout("immediate")
+    pm.close()
+
+
+def test_a_clone_does_not_overwrite_a_target_with_a_queued_save(tmp_path: Path) -> None:
+    pm, _, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("source"), layout_id="src", immediate=True)
+    pm.save_layout("alice", layout("my queued target"), layout_id="tgt")
+
+    with pytest.raises(ConflictError):
+        pm.clone_layout("alice", "src", "tgt")
+
+    pm.flush()
+    assert pm.load_layout("alice", layout_id="tgt") == layout("my queued target")
+    pm.close()
+
+
+def test_a_clone_does_not_overwrite_a_target_waiting_in_the_outbox(tmp_path: Path) -> None:
+    pm, storage, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("source"), layout_id="src", immediate=True)
+    storage.go_offline()
+    pm.save_layout("alice", layout("offline target"), layout_id="tgt", immediate=True)
+    storage.go_online()
+
+    with pytest.raises(ConflictError):
+        pm.clone_layout("alice", "src", "tgt")
+    pm.close()
+
+
+def test_a_deleted_document_is_not_brought_back_by_its_outbox_entries(tmp_path: Path) -> None:
+    pm, storage, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    storage.go_offline()
+    assert pm.save_layout("alice", layout("offline"), immediate=True).source == "outbox"
+    storage.go_online()
+
+    pm.delete_layout("alice")
+
+    assert pm.load_layout("alice") is None
+    assert pm.replay_outbox() == 0
+    assert storage.read(DocumentKey("alice")) is None
+    pm.close()
+
+
+def test_a_delete_that_fails_drops_nothing(tmp_path: Path) -> None:
+    pm, storage, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    pm.save_layout("alice", layout("queued"))
+    storage.fail_next("delete", error=disk_full)
+
+    with pytest.raises(StorageFullError):
+        pm.delete_layout("alice")
+
+    assert pm.load_layout("alice") == layout("queued")
+    pm.flush()
+    assert storage.read(DocumentKey("alice")) is not None
+    pm.close()
+
+
+def test_a_delete_is_not_undone_by_an_autosave_write_already_under_way(tmp_path: Path) -> None:
+    pm, _, clock = manager(tmp_path)
+    key = DocumentKey("alice")
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    pm.save_layout("alice", layout("queued edit"))
+    clock.advance(3)  # due
+    with pm._lock_for(key):  # the writer takes the queued save, then waits for the lock
+        writer = threading.Thread(target=pm.tick)
+        writer.start()
+        deadline = time.monotonic() + 10
+        while (key, None) not in pm._writing:
+            assert time.monotonic() < deadline, "the writer never took the queued save"
+            time.sleep(0.005)
+        pm.delete_layout("alice")
+    writer.join(10)
+
+    assert pm.load_layout("alice") is None
+    assert pm.get_version_history("alice") == []
+    pm.close()
+
+
+def test_flush_from_inside_an_autosave_write_raises_instead_of_hanging(tmp_path: Path) -> None:
+    pm, _, clock = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    raised: list[BaseException] = []
+
+    def flush_when_saved(event: ChangeEvent) -> None:
+        if event.kind == "saved" and event.version == 2:
+            try:
+                pm.flush()
+            except ConfigurationError as exc:
+                raised.append(exc)
+
+    pm.subscribe(flush_when_saved)
+    pm.save_layout("alice", layout("queued"))
+    clock.advance(3)
+    writer = threading.Thread(target=pm.tick, daemon=True)
+    writer.start()
+    writer.join(5)
+
+    assert not writer.is_alive()
+    assert len(raised) == 1
+    assert pm.load_layout("alice") == layout("queued")
+    pm.close()
+
+
+def test_a_delete_rolls_back_the_documents_optimistic_changes_with_their_callbacks(
+    tmp_path: Path,
+) -> None:
+    pm, _, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    heard: list[str] = []
+    pm.apply(
+        "alice",
+        lambda doc: doc.update_widget("w1", title="applied"),
+        on_success=lambda result: heard.append("success"),
+        on_error=lambda error: heard.append(type(error).__name__),
+        on_rollback=lambda: heard.append("rollback"),
+    )
+
+    pm.delete_layout("alice")
+    pm.flush()
+
+    assert heard == ["NotFoundError", "rollback"]
+    assert pm.pending("alice") == []
+    assert pm.load_layout("alice") is None
+    pm.close()
