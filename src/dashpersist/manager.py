@@ -219,6 +219,9 @@ class PersistenceManager(Generic[DocT]):
         self._events = EventBus()
         self._journal = Journal()
         self._view_models: dict[DocumentKey, tuple[JsonObject, DocT]] = {}
+        # Per document with optimistic changes made on top of a queued save of the
+        # caller's own: that save, which their write replaced in the queue.
+        self._unwritten_bases: dict[DocumentKey, PendingSave] = {}
         self._sequence = itertools.count()
         # Per client slot, the number of its newest save written, and when (timer time).
         self._written: dict[_Slot, tuple[int, float]] = {}
@@ -354,7 +357,14 @@ class PersistenceManager(Generic[DocT]):
             client_id=client_id,
             queued=queued,
         )
-        if queued:
+        if client_id is None and self._journal.has_pending(key):
+            return self._save_over_pending_changes(key, pending)
+        return self._save(key, pending)
+
+    def _save(self, key: DocumentKey, pending: PendingSave) -> SaveResult:
+        """Queue *pending*, or write it now (see `save_layout`)."""
+        client_id = pending.client_id
+        if pending.queued:
             self._autosave.put((key, client_id), pending)
             self._emit("queued", key, None)
             return SaveResult(success=True, version=None, source="queued")
@@ -366,6 +376,23 @@ class PersistenceManager(Generic[DocT]):
         # stay queued and merge when they are written.
         self._discard_older((key, client_id), pending.sequence)
         return result
+
+    def _save_over_pending_changes(self, key: DocumentKey, pending: PendingSave) -> SaveResult:
+        """Save *pending*, a save of the caller's own, while optimistic changes (`apply`)
+        of the document wait: they are re-applied on top of it (rebased, as after a
+        failed write), and the save carries them, so that neither is lost and their
+        callbacks fire when it is written. Under the document lock, so that no `apply`
+        comes between."""
+        with self._lock_for(key):
+            rebased = self._journal.rebase(key, pending.plain, check=self._codec.validate)
+            self._unwritten_bases.pop(key, None)  # this newer save supersedes it
+            if rebased is not None:
+                view, through = rebased
+                self._view_models.pop(key, None)
+                pending = replace(
+                    pending, plain=view, sequence=next(self._sequence), journal_through=through
+                )
+            return self._save(key, pending)
 
     def load_layout(self, user_id: str, *, layout_id: str = "default") -> DocT | None:
         """Return the user's current document, or ``None`` if there is none.
@@ -443,7 +470,7 @@ class PersistenceManager(Generic[DocT]):
                 self._note_written(slot, deletion)
             self._discard_parked(key)
             self._journal.abandon(key, NotFoundError(f"{key} was deleted"))
-            self._view_models.pop(key, None)
+            self._forget_view_if_settled(key)
             self._committer.forget(key)
         self._emit("deleted", key, None)
         self._record("deleted", key, None, None)
@@ -542,6 +569,9 @@ class PersistenceManager(Generic[DocT]):
         with self._lock_for(key):
             confirmed = None
             if not self._journal.has_pending(key):
+                queued = self._autosave.pending((key, None))
+                if queued is not None:  # what the changes start from is not written yet
+                    self._unwritten_bases[key] = queued
                 loaded = self.load_versioned(user_id, layout_id=layout_id)
                 confirmed = None if loaded is None else loaded.document.model_dump(mode="json")
                 if loaded is not None and confirmed is not None:
@@ -648,6 +678,9 @@ class PersistenceManager(Generic[DocT]):
         History is never rewritten: the rollback is a new version of change type
         ``rollback`` ("Rollback to version N"). It is compare-and-swapped against the
         version read here, so a rollback racing another writer raises `ConflictError`.
+        Like an ``immediate=True`` save, it supersedes the saves this manager's caller
+        queued for the document before it, and the optimistic changes (`apply`) not yet
+        written roll back (``on_error`` with a `ConflictError`, then ``on_rollback``).
         """
         self._check_open()
         key = _key(user_id, layout_id)
@@ -659,7 +692,7 @@ class PersistenceManager(Generic[DocT]):
                 key, model, previous=None if current is None else current.document
             )
             try:
-                self._committer.commit(
+                written = self._committer.commit(
                     key,
                     current,
                     document,
@@ -670,6 +703,23 @@ class PersistenceManager(Generic[DocT]):
                 )
             except LostRace as lost:
                 raise lost.conflict from None
+            # Like an immediate save of the caller's own, the rollback supersedes what
+            # the caller queued before it (a write of that already under way is skipped
+            # as older), and the optimistic changes it made before it roll back.
+            superseding = next(self._sequence)
+            self._discard_older((key, None), superseding)
+            self._note_written((key, None), superseding)
+            self._journal.abandon(
+                key,
+                ConflictError(
+                    key,
+                    expected_version=None,
+                    actual_version=written,
+                    message=f"{key} was rolled back to version {version} before this "
+                    "change was written",
+                ),
+            )
+            self._forget_view_if_settled(key)
         self._emit("rolled_back", key, self._bases.get(key))
         self._record("rolled_back", key, self._bases.get(key), f"Rollback to version {version}")
         return model
@@ -1081,6 +1131,7 @@ class PersistenceManager(Generic[DocT]):
         server applying changes to many documents would otherwise keep one of each."""
         if not self._journal.has_pending(key):
             self._view_models.pop(key, None)
+            self._unwritten_bases.pop(key, None)
 
     def _settle_failure(
         self, key: DocumentKey, pending: PendingSave, error: DashPersistError
@@ -1088,9 +1139,16 @@ class PersistenceManager(Generic[DocT]):
         """Roll back the optimistic changes a failed write carried; queue the rebased rest."""
         if pending.journal_through is None:
             return
+        unwritten = self._unwritten_bases.get(key)
         view = self._journal.fail(key, pending.journal_through, error, check=self._codec.validate)
         self._forget_view_if_settled(key)
         rest = self._journal.pending(key)
+        if not rest and unwritten is not None:
+            # The changes were made on top of a save of the caller's still queued, which
+            # their write replaced in the queue: rolled back to it, it waits again. (The
+            # queue holds nothing newer: every save of the slot takes the document lock
+            # while changes are pending, and this runs under it.)
+            self._autosave.put((key, None), unwritten)
         if view is not None and rest:
             self._autosave.put(
                 (key, None),

@@ -215,3 +215,105 @@ def test_a_delete_rolls_back_the_documents_optimistic_changes_with_their_callbac
     assert pm.pending("alice") == []
     assert pm.load_layout("alice") is None
     pm.close()
+
+
+def test_a_rollback_supersedes_the_callers_queued_saves_and_optimistic_changes(
+    tmp_path: Path,
+) -> None:
+    pm, _, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    pm.save_layout("alice", layout("v2"), immediate=True)
+    pm.save_layout("alice", layout("queued"))
+    heard: list[str] = []
+    pm.apply(
+        "alice",
+        lambda doc: doc.update_widget("w1", title="applied"),
+        on_error=lambda error: heard.append(type(error).__name__),
+        on_rollback=lambda: heard.append("rollback"),
+    )
+
+    pm.rollback_to_version("alice", 1)
+
+    assert pm.load_layout("alice") == layout("v1")
+    pm.flush()
+    assert pm.load_layout("alice") == layout("v1")
+    assert heard == ["ConflictError", "rollback"]
+    assert pm.get_version_history("alice")[0].change_type == "rollback"
+    pm.close()
+
+
+def test_another_clients_queued_save_still_merges_after_a_rollback(tmp_path: Path) -> None:
+    pm, _, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    pm.save_layout("alice", layout("v2"), immediate=True)
+    tab = pm.load_versioned("alice", client_id="tab")
+    assert tab is not None
+    pm.save_layout(
+        "alice", layout("v2", "w2"), client_id="tab", base_version=tab.version
+    )  # adds a widget
+
+    pm.rollback_to_version("alice", 1)
+    pm.flush()
+
+    assert pm.load_layout("alice") == layout("v1", "w2")  # the rollback, and the tab's edit
+    pm.close()
+
+
+def test_a_save_after_an_apply_keeps_both_and_settles_the_change(tmp_path: Path) -> None:
+    pm, _, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    succeeded: list[object] = []
+    pm.apply(
+        "alice",
+        lambda doc: doc.update_widget("w1", title="applied"),
+        on_success=succeeded.append,
+    )
+
+    pm.save_layout("alice", layout("v1", "w2"), immediate=True)  # built without the change
+
+    assert pm.load_layout("alice") == layout("applied", "w2")
+    assert pm.pending("alice") == []
+    assert len(succeeded) == 1
+    view = pm.apply("alice", lambda doc: doc.update_widget("w2", title="next"))
+    assert [w.title for w in view.widgets] == ["applied", "next"]
+    pm.flush()
+    assert pm.load_layout("alice") == view
+    pm.close()
+
+
+def test_a_queued_save_while_changes_wait_carries_them(tmp_path: Path) -> None:
+    pm, _, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    pm.apply("alice", lambda doc: doc.update_widget("w1", title="applied"))
+
+    pm.save_layout("alice", layout("v1", "w2"))  # queued, replaces the change's write
+
+    assert pm.load_layout("alice") == layout("applied", "w2")
+    pm.flush()
+    assert pm.load_layout("alice") == layout("applied", "w2")
+    assert pm.pending("alice") == []
+    pm.close()
+
+
+def test_a_failed_apply_on_top_of_a_queued_save_keeps_that_save(tmp_path: Path) -> None:
+    pm, storage, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    pm.save_layout("alice", layout("queued", "w2"))
+    errors: list[str] = []
+    pm.apply(
+        "alice",
+        lambda doc: doc.update_widget("w2", title="applied"),
+        on_error=lambda error: errors.append(type(error).__name__),
+    )
+    storage.fail_next("write", error=disk_full)
+
+    pm.flush()  # the change's write fails: it rolls back to the queued save
+
+    assert errors == ["StorageFullError"]
+    assert pm.has_pending_writes
+    assert pm.load_layout("alice") == layout("queued", "w2")
+    pm.flush()
+    assert storage.read(DocumentKey("alice")) is not None
+    assert pm.load_layout("alice") == layout("queued", "w2")
+    assert [v.version for v in pm.get_version_history("alice")] == [2, 1]
+    pm.close()
