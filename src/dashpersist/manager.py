@@ -223,8 +223,9 @@ class PersistenceManager(Generic[DocT]):
         # caller's own: that save, which their write replaced in the queue.
         self._unwritten_bases: dict[DocumentKey, PendingSave] = {}
         self._sequence = itertools.count()
-        # Per client slot, the number of its newest save written, and when (timer time).
-        self._written: dict[_Slot, tuple[int, float]] = {}
+        # Per client slot, the number of its newest save written, when (timer time), and
+        # the version it became.
+        self._written: dict[_Slot, tuple[int, float, int | None]] = {}
         self._written_guard = threading.Lock()
         self._written_sweep_at = WRITTEN_SWEEP_FROM
         self._writing: dict[_Slot, int] = {}  # queued saves being written, per slot
@@ -365,6 +366,8 @@ class PersistenceManager(Generic[DocT]):
         """Queue *pending*, or write it now (see `save_layout`)."""
         client_id = pending.client_id
         if pending.queued:
+            if pending.base_version is None:
+                pending = replace(pending, base_version=self._base_now((key, client_id)))
             self._autosave.put((key, client_id), pending)
             self._emit("queued", key, None)
             return SaveResult(success=True, version=None, source="queued")
@@ -376,6 +379,19 @@ class PersistenceManager(Generic[DocT]):
         # stay queued and merge when they are written.
         self._discard_older((key, client_id), pending.sequence)
         return result
+
+    def _base_now(self, slot: _Slot) -> int | None:
+        """The version an edit of *slot*'s client queued now builds on: that of its own
+        queued save, else the version this manager last loaded or saved. Taken when the
+        edit is queued, not when it is written, so that another client's write in between
+        is merged with, not written over (`_store` moves it on past the client's own
+        writes). ``None`` (decided when written) while saves of the document wait in the
+        outbox: the edit builds on those, whose versions are not known yet."""
+        key = slot[0]
+        if self._parked(key) is not None:
+            return None
+        queued = self._autosave.pending(slot)
+        return queued.base_version if queued is not None else self._bases.get(key)
 
     def _save_over_pending_changes(self, key: DocumentKey, pending: PendingSave) -> SaveResult:
         """Save *pending*, a save of the caller's own, while optimistic changes (`apply`)
@@ -589,12 +605,17 @@ class PersistenceManager(Generic[DocT]):
             except BaseException:
                 self._forget_view_if_settled(key)  # a refused first change leaves nothing
                 raise
+            unwritten = self._unwritten_bases.get(key)
             pending = PendingSave(
                 view,
                 "manual",
                 None,
                 None,
                 next(self._sequence),
+                # What the view builds on, taken now (see `_base_now`).
+                base_version=(
+                    self._base_now((key, None)) if unwritten is None else unwritten.base_version
+                ),
                 queued=not immediate,
                 journal_through=applied.change_id,
             )
@@ -1063,10 +1084,22 @@ class PersistenceManager(Generic[DocT]):
         the outbox when storage stays unreachable."""
         with self._lock_for(key):
             slot = (key, pending.client_id)
-            if pending.queued and self._overtaken(slot, pending.sequence):
-                # A newer save of this client was written already (an immediate save
-                # overtook this queued one): writing this one would resurrect old state.
-                return SaveResult(success=True, version=self._bases.get(key), source="unchanged")
+            if pending.queued:
+                last = self._last_written(slot)
+                if last is not None and pending.sequence < last[0]:
+                    # A newer save of this client was written already (an immediate save
+                    # overtook this queued one): writing it would resurrect old state.
+                    return SaveResult(
+                        success=True, version=self._bases.get(key), source="unchanged"
+                    )
+                if (
+                    last is not None
+                    and last[2] is not None
+                    and last[2] > (pending.base_version or 0)
+                ):
+                    # An older save of this client was written since this one took its
+                    # base; this one builds on it (the client's edits follow each other).
+                    pending = replace(pending, base_version=last[2])
             try:
                 try:
                     self._replay(key)
@@ -1081,7 +1114,7 @@ class PersistenceManager(Generic[DocT]):
                 raise
             # Noted only once written (under the document lock, which every write of the
             # slot takes): a failed save must not make an older queued one look overtaken.
-            self._note_written(slot, pending.sequence)
+            self._note_written(slot, pending.sequence, result.version)
             self._settle_success(key, pending, result)
         if result.source == "storage":
             self._listen()
@@ -1091,20 +1124,21 @@ class PersistenceManager(Generic[DocT]):
             self._record("merged" if merged else "saved", key, result.version, pending.description)
         return result
 
-    def _overtaken(self, slot: _Slot, sequence: int) -> bool:
-        """Whether a save of *slot* newer than save number *sequence* was written (or the
-        document deleted after it was numbered)."""
+    def _last_written(self, slot: _Slot) -> tuple[int, float, int | None] | None:
+        """The number of *slot*'s newest save written (or of the document's deletion since),
+        when, and the version it became (``None``: a deletion, or parked)."""
         with self._written_guard:
-            last = self._written.get(slot)
-            return last is not None and sequence < last[0]
+            return self._written.get(slot)
 
-    def _note_written(self, slot: _Slot, sequence: int) -> None:
-        """Note that save number *sequence* of *slot* was written now (or that the
-        document was deleted then): queued saves of the slot numbered before are stale."""
+    def _note_written(self, slot: _Slot, sequence: int, version: int | None = None) -> None:
+        """Note that save number *sequence* of *slot* was written now as *version* (or that
+        the document was deleted then): queued saves of the slot numbered before are
+        stale, and those numbered after build on *version*."""
         with self._written_guard:
             last = self._written.get(slot)
-            newest = sequence if last is None else max(sequence, last[0])
-            self._written[slot] = (newest, self._timer())
+            if last is not None and last[0] > sequence:
+                sequence, version = last[0], last[2]
+            self._written[slot] = (sequence, self._timer(), version)
             if len(self._written) >= self._written_sweep_at:
                 self._sweep_written()
 
@@ -1117,7 +1151,7 @@ class PersistenceManager(Generic[DocT]):
         queues = (self._autosave, *self._retiring)
         busy = set(self._writing).union(*(queue.busy_keys() for queue in queues))
         cutoff = self._timer() - WRITTEN_KEPT_SECONDS
-        for slot in [s for s, (_, at) in self._written.items() if at < cutoff and s not in busy]:
+        for slot in [s for s, (_, at, _) in self._written.items() if at < cutoff and s not in busy]:
             del self._written[slot]
         self._written_sweep_at = max(WRITTEN_SWEEP_FROM, 2 * len(self._written))
 

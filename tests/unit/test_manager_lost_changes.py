@@ -317,3 +317,40 @@ def test_a_failed_apply_on_top_of_a_queued_save_keeps_that_save(tmp_path: Path) 
     assert pm.load_layout("alice") == layout("queued", "w2")
     assert [v.version for v in pm.get_version_history("alice")] == [2, 1]
     pm.close()
+
+
+def test_a_queued_save_merges_with_another_clients_save_written_before_it(
+    tmp_path: Path,
+) -> None:
+    pm, _, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    pm.save_layout("alice", layout("tab A's edit"), client_id="A")  # built on version 1
+
+    pm.save_layout("alice", layout("v1", "w2"), immediate=True, client_id="B")  # version 2
+    (written,) = pm.flush()
+
+    assert written.merge is not None
+    assert pm.load_layout("alice") == layout("tab A's edit", "w2")
+    pm.close()
+
+
+def test_a_clients_queued_saves_build_on_its_own_earlier_write(tmp_path: Path) -> None:
+    pm, _, clock = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    key = DocumentKey("alice")
+    pm.save_layout("alice", layout("changed"))
+    clock.advance(3)
+    with pm._lock_for(key):  # the first save is taken for writing; the client edits on
+        writer = threading.Thread(target=pm.tick)
+        writer.start()
+        deadline = time.monotonic() + 10
+        while (key, None) not in pm._writing:
+            assert time.monotonic() < deadline, "the writer never took the queued save"
+            time.sleep(0.005)
+        pm.save_layout("alice", layout("v1"))  # ... and changes its mind back
+    writer.join(10)
+    (written,) = pm.flush()
+
+    assert written.merge is None  # on top of its own write, not merged against it
+    assert pm.load_layout("alice") == layout("v1")
+    pm.close()
