@@ -1219,7 +1219,8 @@ class PersistenceManager(Generic[DocT]):
                     self._writing[slot] -= 1
 
     def _on_autosave_error(self, slot: _Slot, error: BaseException) -> None:
-        if isinstance(error, Exception):
+        # `_store` told subscribers of the failures it knows (DashPersistError) already.
+        if isinstance(error, Exception) and not isinstance(error, DashPersistError):
             self._emit("save_failed", slot[0], None, error=error)
 
     def _discard_older(self, slot: _Slot, sequence: int) -> None:
@@ -1247,8 +1248,7 @@ class PersistenceManager(Generic[DocT]):
         """Keep a save that storage cannot take now in the durable outbox."""
         sync = self._synchronizer(create=True)
         if sync is None:
-            self._emit("save_failed", key, None, error=cause)
-            raise cause
+            raise cause  # `_store` tells subscribers
         cached = self._cache.get(key)
         previous = None if cached is None else cached.stored.document
         newest = sync.newest(key)

@@ -17,6 +17,7 @@ from dashpersist import (
     PersistenceConfig,
     PersistenceManager,
     StorageFullError,
+    StorageUnavailableError,
     Widget,
 )
 from dashpersist.events import ChangeEvent
@@ -353,4 +354,29 @@ def test_a_clients_queued_saves_build_on_its_own_earlier_write(tmp_path: Path) -
 
     assert written.merge is None  # on top of its own write, not merged against it
     assert pm.load_layout("alice") == layout("v1")
+    pm.close()
+
+
+def test_one_failed_write_is_one_save_failed_event(tmp_path: Path) -> None:
+    clock = FakeClock()
+    storage = FaultyStorage(MemoryStorage())
+    config = PersistenceConfig(
+        auto_save_delay=2.0, auto_save_max_wait=10.0, outbox_dir=None, retry_attempts=1
+    )
+    pm = PersistenceManager(
+        storage, config=config, timer=clock, sleep=clock.sleep, start_threads=False
+    )
+    kinds: list[str] = []
+    pm.subscribe(lambda event: kinds.append(event.kind))
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    pm.save_layout("alice", layout("queued"))
+    storage.fail_next("write", error=disk_full)
+    clock.advance(3)
+    pm.tick()  # a queued write fails
+    storage.go_offline()
+    with pytest.raises(StorageUnavailableError):  # no outbox to park it in
+        pm.save_layout("alice", layout("immediate"), immediate=True)
+
+    assert kinds.count("save_failed") == 2
+    storage.go_online()
     pm.close()
