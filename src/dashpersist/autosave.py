@@ -79,6 +79,10 @@ class _Outcome(Generic[R]):
     error: Exception | None = None
 
 
+CLOSE_PASSES = 4
+"""How many flushes `AutosaveQueue.close` makes while writes put values back."""
+
+
 class AutosaveQueue(Generic[K, V, R]):
     """Debounce writes per key: coalesce rapid `put` calls, then write the newest value.
 
@@ -138,7 +142,7 @@ class AutosaveQueue(Generic[K, V, R]):
         """
         now = self._clock()
         with self._cond:
-            if self._closed:
+            if self._closed and not getattr(self._in_write, "active", False):
                 raise ManagerClosedError("this autosave queue is closed")
             slot = self._slots.get(key)
             if slot is None:
@@ -229,12 +233,7 @@ class AutosaveQueue(Generic[K, V, R]):
         that runs inside a write (a callback, an event subscriber) on the writing thread,
         it raises `ConfigurationError` instead of waiting for itself.
         """
-        if getattr(self._in_write, "active", False):
-            raise ConfigurationError(
-                "flush() or close() was called by code running inside an autosave write "
-                "(an event subscriber or callback), on the thread doing that write: it "
-                "would wait for itself. Call it from another thread."
-            )
+        self._refuse_inside_a_write()
         with self._cond:
             keys = list(self._slots)
         results: list[R] = []
@@ -252,17 +251,27 @@ class AutosaveQueue(Generic[K, V, R]):
     def close(self) -> list[R]:
         """Stop accepting puts, `flush`, stop the worker; return the flush's results.
 
-        Later `put` calls raise `ManagerClosedError`. Calling `close` again is harmless:
-        it flushes whatever a failed earlier flush left queued (usually nothing) and
-        returns those results. Raises like `flush`; the worker is stopped regardless.
+        Later `put` calls raise `ManagerClosedError`, but for those of a write this flush
+        makes (a write that puts back what it could not store): what they queue is
+        written by the same close, up to `CLOSE_PASSES` rounds. Calling `close` again is
+        harmless: it flushes whatever a failed earlier flush left queued (usually
+        nothing) and returns those results. Raises like `flush`; the worker is stopped
+        regardless. Called from inside a write, it raises `ConfigurationError` and
+        changes nothing.
         """
+        self._refuse_inside_a_write()
         with self._cond:
             self._closed = True
             self._stopping = True
             self._cond.notify_all()
             worker = self._worker
         try:
-            return self.flush()
+            results = self.flush()
+            for _ in range(CLOSE_PASSES - 1):
+                if not self.has_pending_writes:
+                    break
+                results += self.flush()
+            return results
         finally:
             if worker is not None and worker is not threading.current_thread():
                 worker.join()
@@ -322,6 +331,14 @@ class AutosaveQueue(Generic[K, V, R]):
             except Exception:  # noqa: BLE001 - a host callback must not kill the worker
                 _LOG.exception("the on_written callback raised for %s", key)
         return _Outcome(written=True, result=result)
+
+    def _refuse_inside_a_write(self) -> None:
+        if getattr(self._in_write, "active", False):
+            raise ConfigurationError(
+                "flush() or close() was called by code running inside an autosave write "
+                "(an event subscriber or callback), on the thread doing that write: it "
+                "would wait for itself. Call it from another thread."
+            )
 
     def _write_marked(self, key: K, value: V) -> R:
         """Run *write*, marking this thread as inside it (see `flush`)."""

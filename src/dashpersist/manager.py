@@ -358,8 +358,8 @@ class PersistenceManager(Generic[DocT]):
             client_id=client_id,
             queued=queued,
         )
-        if client_id is None and self._journal.has_pending(key):
-            return self._save_over_pending_changes(key, pending)
+        if client_id is None:
+            return self._save_own(key, pending)
         return self._save(key, pending)
 
     def _save(self, key: DocumentKey, pending: PendingSave) -> SaveResult:
@@ -393,22 +393,63 @@ class PersistenceManager(Generic[DocT]):
         queued = self._autosave.pending(slot)
         return queued.base_version if queued is not None else self._bases.get(key)
 
-    def _save_over_pending_changes(self, key: DocumentKey, pending: PendingSave) -> SaveResult:
-        """Save *pending*, a save of the caller's own, while optimistic changes (`apply`)
-        of the document wait: they are re-applied on top of it (rebased, as after a
-        failed write), and the save carries them, so that neither is lost and their
-        callbacks fire when it is written. Under the document lock, so that no `apply`
-        comes between."""
+    def _save_own(self, key: DocumentKey, pending: PendingSave) -> SaveResult:
+        """Save *pending*, a save of the manager's own caller (the client of `apply`), under
+        the document lock, so that no `apply` comes between (see `_save_over_changes`)."""
         with self._lock_for(key):
-            rebased = self._journal.rebase(key, pending.plain, check=self._codec.validate)
-            self._unwritten_bases.pop(key, None)  # this newer save supersedes it
-            if rebased is not None:
-                view, through = rebased
-                self._view_models.pop(key, None)
-                pending = replace(
-                    pending, plain=view, sequence=next(self._sequence), journal_through=through
-                )
+            if self._journal.has_pending(key):
+                return self._save_over_changes(key, pending)
             return self._save(key, pending)
+
+    def _save_over_changes(self, key: DocumentKey, pending: PendingSave) -> SaveResult:
+        """Save *pending* while optimistic changes (`apply`) of the document wait: they are
+        re-applied on top of it (rebased, as after a failed write), so that neither is
+        lost and their callbacks fire once they are written.
+
+        A queued save carries them: it holds the rebased view, and should its write fail,
+        the changes roll back and the save alone waits again. An immediate save is
+        written as it is first, and the changes are rebased onto it only once it is: one
+        that fails leaves them as they were. Call with the document lock held."""
+        self._unwritten_bases.pop(key, None)  # this newer save supersedes it
+        if pending.queued:
+            rebased = self._journal.rebase(key, pending.plain, check=self._codec.validate)
+            if rebased is None:
+                return self._save(key, pending)
+            view, through = rebased
+            self._view_models.pop(key, None)
+            carrying = replace(
+                pending,
+                plain=view,
+                sequence=next(self._sequence),
+                base_version=pending.base_version or self._base_now((key, None)),
+                journal_through=through,
+            )
+            alone = replace(carrying, plain=pending.plain, journal_through=None)
+            self._unwritten_bases[key] = alone  # what waits again if the carrying write fails
+            return self._save(key, carrying)
+        base = pending.base_version or self._bases.get(key)
+        result = self._save(key, pending)
+        rebased = self._journal.rebase(key, pending.plain, check=self._codec.validate)
+        self._forget_view_if_settled(key)
+        if rebased is not None:
+            view, through = rebased
+            self._view_models.pop(key, None)
+            # Built on what the save was built on: merged with the save if it merged
+            # with others' writes, else written on top of it (see `_store`).
+            self._autosave.put(
+                (key, None),
+                PendingSave(
+                    view,
+                    "auto",
+                    None,
+                    None,
+                    next(self._sequence),
+                    base_version=base,
+                    queued=True,
+                    journal_through=through,
+                ),
+            )
+        return result
 
     def load_layout(self, user_id: str, *, layout_id: str = "default") -> DocT | None:
         """Return the user's current document, or ``None`` if there is none.
@@ -483,7 +524,7 @@ class PersistenceManager(Generic[DocT]):
             deletion = next(self._sequence)
             for slot in self._slots_of(key):
                 self._autosave.discard(slot, only_if=lambda queued: queued.sequence < deletion)
-                self._note_written(slot, deletion)
+            self._note_deleted(key, deletion)
             self._discard_parked(key)
             self._journal.abandon(key, NotFoundError(f"{key} was deleted"))
             self._forget_view_if_settled(key)
@@ -1114,7 +1155,11 @@ class PersistenceManager(Generic[DocT]):
                 raise
             # Noted only once written (under the document lock, which every write of the
             # slot takes): a failed save must not make an older queued one look overtaken.
-            self._note_written(slot, pending.sequence, result.version)
+            # A merged write holds others' changes the client's later saves lack: they
+            # keep their own base (and merge), where a plain one is their base.
+            self._note_written(
+                slot, pending.sequence, result.version if result.merge is None else None
+            )
             self._settle_success(key, pending, result)
         if result.source == "storage":
             self._listen()
@@ -1141,6 +1186,15 @@ class PersistenceManager(Generic[DocT]):
             self._written[slot] = (sequence, self._timer(), version)
             if len(self._written) >= self._written_sweep_at:
                 self._sweep_written()
+
+    def _note_deleted(self, key: DocumentKey, deletion: int) -> None:
+        """Note that *key* was deleted as save number *deletion*: queued saves of its slots
+        numbered before are stale, and no version written before is a base any more."""
+        slots = self._slots_of(key)
+        with self._written_guard:
+            slots.update(slot for slot in self._written if slot[0] == key)
+        for slot in slots:
+            self._note_written(slot, deletion)
 
     def _sweep_written(self) -> None:
         """Forget the last writes of clients that have nothing queued or being written, and

@@ -48,6 +48,12 @@ def manager(
     return pm, storage, clock
 
 
+def storage_of(pm: PersistenceManager) -> FaultyStorage:
+    storage = pm._storage
+    assert isinstance(storage, FaultyStorage)
+    return storage
+
+
 def disk_full() -> StorageFullError:
     return StorageFullError("disk full")
 
@@ -270,14 +276,16 @@ def test_a_save_after_an_apply_keeps_both_and_settles_the_change(tmp_path: Path)
         on_success=succeeded.append,
     )
 
-    pm.save_layout("alice", layout("v1", "w2"), immediate=True)  # built without the change
+    saved = pm.save_layout("alice", layout("v1", "w2"), immediate=True)  # without the change
 
-    assert pm.load_layout("alice") == layout("applied", "w2")
-    assert pm.pending("alice") == []
-    assert len(succeeded) == 1
+    stored = storage_of(pm).read(DocumentKey("alice"))
+    assert stored is not None and stored.version == saved.version  # written as it was
+    assert pm.load_layout("alice") == layout("applied", "w2")  # the change, on top of it
     view = pm.apply("alice", lambda doc: doc.update_widget("w2", title="next"))
     assert [w.title for w in view.widgets] == ["applied", "next"]
     pm.flush()
+    assert pm.pending("alice") == []
+    assert len(succeeded) == 1
     assert pm.load_layout("alice") == view
     pm.close()
 
@@ -379,4 +387,138 @@ def test_one_failed_write_is_one_save_failed_event(tmp_path: Path) -> None:
 
     assert kinds.count("save_failed") == 2
     storage.go_online()
+    pm.close()
+
+
+def test_a_save_queued_after_a_delete_creates_the_document_afresh(tmp_path: Path) -> None:
+    pm, storage, _ = manager(tmp_path)
+    for title in ("v1", "v2", "v3"):
+        pm.save_layout("alice", layout(title), immediate=True)
+    pm.delete_layout("alice")
+
+    pm.save_layout("alice", layout("fresh"))
+    pm.flush()
+
+    stored = storage.read(DocumentKey("alice"))
+    assert stored is not None and stored.version == 1
+    assert pm.load_layout("alice") == layout("fresh")
+    pm.close()
+
+
+def test_a_clients_second_save_keeps_what_its_merged_first_save_merged_in(
+    tmp_path: Path,
+) -> None:
+    pm, _, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    page = pm.load_versioned("alice", client_id="A")
+    assert page is not None
+    pm.save_layout("alice", layout("A edit 1"), client_id="A", base_version=page.version)
+    pm.save_layout("alice", layout("v1", "w2"), client_id="B", immediate=True)
+    pm.flush()  # A's first save merges with B's widget
+
+    pm.save_layout("alice", layout("A edit 2"), client_id="A", base_version=page.version)
+    pm.flush()
+
+    assert pm.load_layout("alice") == layout("A edit 2", "w2")
+    pm.close()
+
+
+def test_a_queued_save_carrying_changes_waits_again_when_its_write_fails(tmp_path: Path) -> None:
+    pm, storage, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    heard: list[str] = []
+    pm.apply(
+        "alice",
+        lambda doc: doc.update_widget("w1", title="applied"),
+        on_error=lambda error: heard.append(type(error).__name__),
+        on_rollback=lambda: heard.append("rollback"),
+    )
+    pm.save_layout("alice", layout("v1", "w2"))
+    storage.fail_next("write", error=disk_full)
+
+    pm.flush()  # the changes roll back; the caller's save waits again
+    assert heard == ["StorageFullError", "rollback"]
+    assert pm.has_pending_writes
+    pm.flush()
+
+    assert pm.load_layout("alice") == layout("v1", "w2")
+    pm.close()
+
+
+def test_a_failed_immediate_save_leaves_waiting_changes_as_they_were(tmp_path: Path) -> None:
+    pm, storage, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    heard: list[str] = []
+    pm.apply(
+        "alice",
+        lambda doc: doc.update_widget("w1", title="applied"),
+        on_success=lambda result: heard.append("success"),
+        on_error=lambda error: heard.append("error"),
+    )
+    storage.fail_next("write", error=disk_full)
+
+    with pytest.raises(StorageFullError):
+        pm.save_layout("alice", layout("v1", "w2"), immediate=True)
+    assert heard == []
+    assert len(pm.pending("alice")) == 1
+    pm.flush()
+
+    assert heard == ["success"]
+    assert pm.load_layout("alice") == layout("applied")
+    pm.close()
+
+
+def test_close_writes_what_a_failed_change_put_back(tmp_path: Path) -> None:
+    pm, storage, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    pm.save_layout("alice", layout("queued", "w2"))
+    pm.apply("alice", lambda doc: doc.update_widget("w2", title="applied"))
+    storage.fail_next("write", error=disk_full)
+
+    pm.close()  # the change's write fails and rolls back to the queued save: written too
+
+    stored = storage.read(DocumentKey("alice"))
+    assert stored is not None
+    assert Layout.model_validate(stored.document) == layout("queued", "w2")
+
+
+def test_close_from_inside_a_write_raises_and_leaves_the_manager_open(tmp_path: Path) -> None:
+    pm, _, clock = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    raised: list[BaseException] = []
+
+    def close_when_saved(event: ChangeEvent) -> None:
+        if event.kind == "saved" and event.version == 2:
+            try:
+                pm.close()
+            except ConfigurationError as exc:
+                raised.append(exc)
+
+    pm.subscribe(close_when_saved)
+    pm.save_layout("alice", layout("queued"))
+    clock.advance(3)
+    writer = threading.Thread(target=pm.tick)
+    writer.start()
+    writer.join(5)
+
+    assert len(raised) == 1
+    assert pm.save_layout("alice", layout("next")).source == "queued"
+    pm.close()
+    assert pm.is_closed
+
+
+def test_the_callers_own_save_checks_for_waiting_changes_under_the_document_lock(
+    tmp_path: Path,
+) -> None:
+    pm, _, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    done = threading.Event()
+    with pm._lock_for(DocumentKey("alice")):  # an apply of another thread is under way
+        saving = threading.Thread(
+            target=lambda: (pm.save_layout("alice", layout("queued")), done.set())
+        )
+        saving.start()
+        assert not done.wait(0.2)
+    saving.join(10)
+    assert done.is_set()
     pm.close()
