@@ -68,7 +68,11 @@ class _Document:
 class Journal:
     """The confirmed state and pending changes of every document a manager changed."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, call: Callable[..., None] | None = None) -> None:
+        """*call* runs a change's callback with its arguments (by default at once,
+        logging what it raises); a manager passes one that waits until the thread holds
+        no document lock, so a callback can do anything a caller can."""
+        self._call = call or call_logged
         self._documents: dict[DocumentKey, _Document] = {}
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
@@ -132,7 +136,7 @@ class Journal:
             if not entry.pending:
                 del self._documents[key]
         for change in done:
-            _call(change.on_success, result)
+            self._call(change.on_success, result)
 
     def fail(
         self,
@@ -167,8 +171,8 @@ class Journal:
             if not kept:
                 del self._documents[key]
         for change, cause in failed:
-            _call(change.on_error, cause)
-            _call(change.on_rollback)
+            self._call(change.on_error, cause)
+            self._call(change.on_rollback)
         return view
 
     def rebase(
@@ -200,8 +204,8 @@ class Journal:
             if not kept:
                 del self._documents[key]
         for change, cause in failed:
-            _call(change.on_error, cause)
-            _call(change.on_rollback)
+            self._call(change.on_error, cause)
+            self._call(change.on_rollback)
         return None if not kept else (view, kept[-1].change_id)
 
     def abandon(self, key: DocumentKey, error: DashPersistError) -> None:
@@ -210,11 +214,12 @@ class Journal:
         with self._lock:
             entry = self._documents.pop(key, None)
         for change in [] if entry is None else entry.pending:
-            _call(change.on_error, error)
-            _call(change.on_rollback)
+            self._call(change.on_error, error)
+            self._call(change.on_rollback)
 
 
-def _call(callback: Callable[..., None] | None, *args: object) -> None:
+def call_logged(callback: Callable[..., None] | None, *args: object) -> None:
+    """Call *callback* (if any) with *args*; log what it raises, never raise it."""
     if callback is None:
         return
     try:

@@ -52,7 +52,7 @@ from dashpersist.errors import (
 )
 from dashpersist.events import ChangeEvent, EventBus, EventKind, Subscriber, Unsubscribe
 from dashpersist.housekeeping import Housekeeper
-from dashpersist.journal import Change, Journal, PendingChange
+from dashpersist.journal import Change, Journal, PendingChange, call_logged
 from dashpersist.merge import ConflictResolver
 from dashpersist.migrations import SchemaMigrator, Upcast, schema_version_of
 from dashpersist.models import Layout, SaveResult, SyncResult, Versioned, VersionInfo
@@ -86,6 +86,36 @@ WRITTEN_SWEEP_FROM: Final = 1024
 """How many clients' last writes are kept before the first sweep of the old ones."""
 RECENT_LOCKS: Final = 256
 """How many of the document locks made last are kept while nobody holds them."""
+
+
+class _DocumentLock:
+    """A document's lock (reentrant). Journal callbacks a thread triggers while it holds
+    any document lock wait until it holds none, then run on it: a callback may then do
+    what any caller does (flush, save another client's document) without waiting, in a
+    lock it holds, for a thread that waits for that lock."""
+
+    __slots__ = ("__weakref__", "_lock", "_state")
+
+    def __init__(self, state: threading.local) -> None:
+        self._lock = threading.RLock()
+        self._state = state
+
+    def __enter__(self) -> Self:
+        self._lock.acquire()
+        self._state.depth = getattr(self._state, "depth", 0) + 1
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        state = self._state
+        state.depth -= 1
+        self._lock.release()
+        if state.depth == 0:
+            deferred: list[tuple[Callable[..., None] | None, tuple[object, ...]]] | None = getattr(
+                state, "deferred", None
+            )
+            while deferred:
+                callback, args = deferred.pop(0)
+                call_logged(callback, *args)
 
 
 def default_store_url() -> str:
@@ -208,16 +238,17 @@ class PersistenceManager(Generic[DocT]):
         self._bases = self._committer.bases
         # Weak values: a document's lock lives while a caller holds it, not for good; the
         # latest ones made are kept too, so that a busy document's is not made every call.
-        self._key_locks: weakref.WeakValueDictionary[DocumentKey, threading.RLock] = (
+        self._key_locks: weakref.WeakValueDictionary[DocumentKey, _DocumentLock] = (
             weakref.WeakValueDictionary()
         )
-        self._recent_locks: collections.deque[threading.RLock] = collections.deque(
+        self._recent_locks: collections.deque[_DocumentLock] = collections.deque(
             maxlen=RECENT_LOCKS
         )
+        self._lock_state = threading.local()  # per thread: document locks held, callbacks
         self._locks_guard = threading.Lock()
         self._closed = False
         self._events = EventBus()
-        self._journal = Journal()
+        self._journal = Journal(call=self._call_outside_locks)
         self._view_models: dict[DocumentKey, tuple[JsonObject, DocT]] = {}
         # Per document with optimistic changes made on top of a queued save of the
         # caller's own: that save, which their write replaced in the queue.
@@ -1105,7 +1136,20 @@ class PersistenceManager(Generic[DocT]):
         if self._closed:
             raise ManagerClosedError("this PersistenceManager is closed")
 
-    def _lock_for(self, key: DocumentKey) -> threading.RLock:
+    def _call_outside_locks(self, callback: Callable[..., None] | None, *args: object) -> None:
+        """Run a journal callback now, or, while this thread holds a document lock, once
+        it holds none (see `_DocumentLock`)."""
+        state = self._lock_state
+        if callback is None:
+            return
+        if getattr(state, "depth", 0):
+            if not hasattr(state, "deferred"):
+                state.deferred = []
+            state.deferred.append((callback, args))
+        else:
+            call_logged(callback, *args)
+
+    def _lock_for(self, key: DocumentKey) -> _DocumentLock:
         """Return *key*'s lock. It lives as long as somebody holds it: every caller keeps
         it while using it, so two callers never hold different locks of one document."""
         lock = self._key_locks.get(key)  # thread-safe without the guard: the common case
@@ -1113,7 +1157,7 @@ class PersistenceManager(Generic[DocT]):
             with self._locks_guard:
                 lock = self._key_locks.get(key)
                 if lock is None:
-                    lock = self._key_locks[key] = threading.RLock()
+                    lock = self._key_locks[key] = _DocumentLock(self._lock_state)
                     self._recent_locks.append(lock)
         return lock
 

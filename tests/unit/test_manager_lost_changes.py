@@ -20,7 +20,9 @@ from dashpersist import (
     StorageUnavailableError,
     Widget,
 )
+from dashpersist.committer import PendingSave
 from dashpersist.events import ChangeEvent
+from dashpersist.models import SaveResult
 from dashpersist.storage import DocumentKey
 from dashpersist.testing import FakeClock, FaultyStorage
 
@@ -521,4 +523,40 @@ def test_the_callers_own_save_checks_for_waiting_changes_under_the_document_lock
         assert not done.wait(0.2)
     saving.join(10)
     assert done.is_set()
+    pm.close()
+
+
+def test_a_callback_runs_once_its_thread_holds_no_document_lock(tmp_path: Path) -> None:
+    pm, _, clock = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    pm.save_layout("alice", layout("v2"), immediate=True)
+    pm.save_layout("alice", layout("v2", "w2"), client_id="tab", base_version=2)
+    flushed: list[object] = []
+
+    def on_rollback() -> None:  # waits for the autosave write below: not in the lock it needs
+        flushed.append(pm.flush())
+
+    pm.apply("alice", lambda doc: doc.update_widget("w1", title="x"), on_rollback=on_rollback)
+    clock.advance(3)
+    taken = threading.Event()
+    store = pm._store
+
+    def slow_store(key: DocumentKey, pending: PendingSave) -> SaveResult:
+        if pending.client_id == "tab":  # the writer has the tab's save; the rollback goes first
+            taken.set()
+            time.sleep(0.3)
+        return store(key, pending)
+
+    pm._store = slow_store  # type: ignore[method-assign]
+    writer = threading.Thread(target=pm.tick, daemon=True)
+    writer.start()
+    assert taken.wait(5)
+    rolling_back = threading.Thread(target=pm.rollback_to_version, args=("alice", 1), daemon=True)
+    rolling_back.start()
+    rolling_back.join(10)
+    writer.join(10)
+
+    assert not rolling_back.is_alive() and not writer.is_alive()
+    assert len(flushed) == 1
+    assert pm.load_layout("alice") == layout("v1", "w2")
     pm.close()
