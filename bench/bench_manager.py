@@ -1,4 +1,5 @@
-"""The manager's caller-side costs: a queued save and an optimistic apply on 50 widgets.
+"""The manager's caller-side costs: a queued save and an optimistic apply on 50 widgets,
+and a queued save of a document whose `apply` change waits (the save settles it).
 
 Both validate on the caller's thread (so an invalid layout is refused at once) and do no
 I/O there; the baseline is the autosave queue's bare put() measured in the same run.
@@ -22,7 +23,11 @@ def _measure(widgets: int, config: PersistenceConfig) -> list[dict[str, object]]
     documents = [layout_document(widgets, revision) for revision in range(32)]
     models = [Layout.model_validate(d) for d in documents]
     pm = PersistenceManager(MemoryStorage(), config=config, start_threads=False)
-    pm.save_layout("u", models[0], immediate=True)
+    # Each kind of call on its own document: the saves' ("u"), the applies' ("v"), and
+    # one whose apply change waits, which every save there supersedes ("w").
+    for user in ("u", "v", "w"):
+        pm.save_layout(user, models[0], immediate=True)
+    pm.apply("w", lambda layout: layout.update_widget("w1", h=4))
     queue: AutosaveQueue[str, object, None] = AutosaveQueue(
         lambda key, value: None, delay=3600, max_wait=7200, start_worker=False
     )
@@ -33,8 +38,9 @@ def _measure(widgets: int, config: PersistenceConfig) -> list[dict[str, object]]
             "save_model": lambda: pm.save_layout("u", models[next(turns)]),
             "save_dict": lambda: pm.save_layout("u", documents[next(turns)]),
             "apply": lambda: pm.apply(
-                "u", lambda layout: layout.update_widget("w1", h=1 + next(turns) % 3)
+                "v", lambda layout: layout.update_widget("w1", h=1 + next(turns) % 3)
             ),
+            "save_model_over_change": lambda: pm.save_layout("w", models[next(turns)]),
         },
         batches=7,
         per_batch=50,
@@ -49,7 +55,7 @@ def _measure(widgets: int, config: PersistenceConfig) -> list[dict[str, object]]
             "to_bare_put": times[name] / times["put"],
             "budget_us": 100 if name == "apply" else 50,
         }
-        for name in ("save_model", "save_dict", "apply")
+        for name in ("save_model", "save_dict", "apply", "save_model_over_change")
     ]
 
 

@@ -133,12 +133,12 @@ class AutosaveQueue(Generic[K, V, R]):
 
     # -- queueing ------------------------------------------------------------------------
 
-    def put(self, key: K, value: V, *, replace: bool = True) -> None:
+    def put(self, key: K, value: V, *, unless: Callable[[V], bool] | None = None) -> bool:
         """Queue *value* as the newest value of *key*; return at once, without I/O.
 
-        With ``replace=False``, a value of *key* queued already stays, and *value* is
-        dropped (it is older). The value is kept by reference, not copied: do not mutate
-        it afterwards. Raises `ManagerClosedError` after `close`.
+        With *unless*, a value of *key* queued already that *unless* says yes to stays,
+        and *value* is not queued; return whether it was. The value is kept by reference,
+        not copied: do not mutate it afterwards. Raises `ManagerClosedError` after `close`.
         """
         now = self._clock()
         with self._cond:
@@ -149,15 +149,16 @@ class AutosaveQueue(Generic[K, V, R]):
                 self._slots[key] = _Slot(value, now, now)
                 if now + self._delay < self._next_wake:
                     self._cond.notify()
-                return
-            if not replace:
-                return
+                return True
+            if unless is not None and unless(slot.value):
+                return False
             # An existing key's deadline only moves later, so the worker needs no wake-up.
             slot.value = value
             slot.last_put = now
             slot.generation += 1
             if slot.first_put_during_write is None and key in self._writing:
                 slot.first_put_during_write = now
+            return True
 
     def pending(self, key: K) -> V | None:
         """Return the newest queued value of *key* (read-your-writes), or ``None``.

@@ -175,38 +175,16 @@ class Journal:
             self._call(change.on_rollback)
         return view
 
-    def rebase(
-        self,
-        key: DocumentKey,
-        confirmed: JsonObject,
-        *,
-        check: Callable[[JsonObject | BaseModel], JsonObject],
-    ) -> tuple[JsonObject, int] | None:
-        """Make *confirmed* (a save that supersedes the confirmed state) the base of *key*'s
-        pending changes, re-applied on top of it; return the new view and the id of the
-        newest change still pending, or ``None`` when none is. Changes that no longer
-        apply (or pass *check*) are rolled back, with the error they raised."""
+    def carry(self, key: DocumentKey, view: JsonObject) -> int | None:
+        """Make *view* (a save that supersedes *key*'s pending changes, taken to hold
+        them) the view; return the id of the newest pending change, which the save's
+        write settles, or ``None`` when none is pending."""
         with self._lock:
             entry = self._documents.get(key)
             if entry is None or not entry.pending:
                 return None
-            view = confirmed
-            kept: list[PendingChange] = []
-            failed: list[tuple[PendingChange, DashPersistError]] = []
-            for change in entry.pending:
-                try:
-                    view = check(change.apply_to(view))
-                except DashPersistError as exc:
-                    failed.append((change, exc))
-                    continue
-                kept.append(change)
-            entry.confirmed, entry.pending, entry.view = confirmed, kept, view
-            if not kept:
-                del self._documents[key]
-        for change, cause in failed:
-            self._call(change.on_error, cause)
-            self._call(change.on_rollback)
-        return None if not kept else (view, kept[-1].change_id)
+            entry.view = view
+            return entry.pending[-1].change_id
 
     def abandon(self, key: DocumentKey, error: DashPersistError) -> None:
         """Roll back every pending change of *key*, whose document is gone: each one's

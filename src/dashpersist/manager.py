@@ -118,6 +118,14 @@ class _DocumentLock:
                 call_logged(callback, *args)
 
 
+def _always(queued: PendingSave) -> bool:
+    return True
+
+
+def _carries_changes(queued: PendingSave) -> bool:
+    return queued.journal_through is not None
+
+
 def default_store_url() -> str:
     """Return the URL of the embedded default store.
 
@@ -329,7 +337,7 @@ class PersistenceManager(Generic[DocT]):
                 for slot in old.pending_keys():
                     left = old.pending(slot)
                     if left is not None:
-                        self._autosave.put(slot, left, replace=False)
+                        self._autosave.put(slot, left, unless=_always)
         self._cache.clear()
         return updated
 
@@ -378,9 +386,13 @@ class PersistenceManager(Generic[DocT]):
         """
         self._check_open()
         key = _key(user_id, layout_id)
+        plain = self._codec.validate(layout)
         queued = not immediate and self._config.auto_save
+        slot = (key, client_id)
+        if queued and base_version is None:
+            base_version = self._base_now(slot)
         pending = PendingSave(
-            self._codec.validate(layout),
+            plain,
             change_type,
             description,
             label,
@@ -390,15 +402,22 @@ class PersistenceManager(Generic[DocT]):
             queued=queued,
         )
         if client_id is None:
-            return self._save_own(key, pending)
+            # The caller's own save: it must not replace the write of `apply` changes
+            # without settling them (see `_save_over_changes`), so only a slot not holding
+            # one is filled without the document lock.
+            if queued and self._autosave.put(slot, pending, unless=_carries_changes):
+                self._emit("queued", key, None)
+                return SaveResult(success=True, version=None, source="queued")
+            with self._lock_for(key):
+                if self._journal.has_pending(key):
+                    return self._save_over_changes(key, pending)
+                return self._save(key, pending)
         return self._save(key, pending)
 
     def _save(self, key: DocumentKey, pending: PendingSave) -> SaveResult:
         """Queue *pending*, or write it now (see `save_layout`)."""
         client_id = pending.client_id
         if pending.queued:
-            if pending.base_version is None:
-                pending = replace(pending, base_version=self._base_now((key, client_id)))
             self._autosave.put((key, client_id), pending)
             self._emit("queued", key, None)
             return SaveResult(success=True, version=None, source="queued")
@@ -424,62 +443,30 @@ class PersistenceManager(Generic[DocT]):
         queued = self._autosave.pending(slot)
         return queued.base_version if queued is not None else self._bases.get(key)
 
-    def _save_own(self, key: DocumentKey, pending: PendingSave) -> SaveResult:
-        """Save *pending*, a save of the manager's own caller (the client of `apply`), under
-        the document lock, so that no `apply` comes between (see `_save_over_changes`)."""
-        with self._lock_for(key):
-            if self._journal.has_pending(key):
-                return self._save_over_changes(key, pending)
-            return self._save(key, pending)
-
     def _save_over_changes(self, key: DocumentKey, pending: PendingSave) -> SaveResult:
-        """Save *pending* while optimistic changes (`apply`) of the document wait: they are
-        re-applied on top of it (rebased, as after a failed write), so that neither is
-        lost and their callbacks fire once they are written.
+        """Save *pending* while optimistic changes (`apply`) of the document wait. The save
+        supersedes them: it is taken to hold them, as a save built from the view returned
+        by `apply` does, and they are settled by its write (``on_success``).
 
-        A queued save carries them: it holds the rebased view, and should its write fail,
-        the changes roll back and the save alone waits again. An immediate save is
-        written as it is first, and the changes are rebased onto it only once it is: one
-        that fails leaves them as they were. Call with the document lock held."""
+        A queued save carries them: should its write fail, they roll back, and the save
+        waits again on its own. An immediate save is written first, and settles them
+        once it is: one that fails leaves them as they were. Call with the document lock
+        held."""
+        # Numbered under the lock: newer than every apply's write, which it supersedes.
+        pending = replace(pending, sequence=next(self._sequence))
         self._unwritten_bases.pop(key, None)  # this newer save supersedes it
         if pending.queued:
-            rebased = self._journal.rebase(key, pending.plain, check=self._codec.validate)
-            if rebased is None:
+            through = self._journal.carry(key, pending.plain)
+            self._view_models.pop(key, None)
+            if through is None:
                 return self._save(key, pending)
-            view, through = rebased
-            self._view_models.pop(key, None)
-            carrying = replace(
-                pending,
-                plain=view,
-                sequence=next(self._sequence),
-                base_version=pending.base_version or self._base_now((key, None)),
-                journal_through=through,
-            )
-            alone = replace(carrying, plain=pending.plain, journal_through=None)
-            self._unwritten_bases[key] = alone  # what waits again if the carrying write fails
-            return self._save(key, carrying)
-        base = pending.base_version or self._bases.get(key)
-        result = self._save(key, pending)
-        rebased = self._journal.rebase(key, pending.plain, check=self._codec.validate)
+            self._unwritten_bases[key] = pending  # what waits again if the carrying write fails
+            return self._save(key, replace(pending, journal_through=through))
+        changes = self._journal.pending(key)
+        result = self._save(key, pending)  # raises, and changes nothing, when it fails
+        if changes:
+            self._journal.confirm(key, changes[-1].change_id, pending.plain, result)
         self._forget_view_if_settled(key)
-        if rebased is not None:
-            view, through = rebased
-            self._view_models.pop(key, None)
-            # Built on what the save was built on: merged with the save if it merged
-            # with others' writes, else written on top of it (see `_store`).
-            self._autosave.put(
-                (key, None),
-                PendingSave(
-                    view,
-                    "auto",
-                    None,
-                    None,
-                    next(self._sequence),
-                    base_version=base,
-                    queued=True,
-                    journal_through=through,
-                ),
-            )
         return result
 
     def load_layout(self, user_id: str, *, layout_id: str = "default") -> DocT | None:
@@ -967,7 +954,7 @@ class PersistenceManager(Generic[DocT]):
                     except BaseException:
                         # Not written: it waits again (behind any newer save of its
                         # client), as a failed autosave write does.
-                        self._autosave.put(slot, queued, replace=False)
+                        self._autosave.put(slot, queued, unless=_always)
                         raise
             if saved is not None and saved.source == "outbox":
                 raise StorageUnavailableError(

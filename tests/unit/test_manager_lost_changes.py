@@ -268,7 +268,7 @@ def test_another_clients_queued_save_still_merges_after_a_rollback(tmp_path: Pat
     pm.close()
 
 
-def test_a_save_after_an_apply_keeps_both_and_settles_the_change(tmp_path: Path) -> None:
+def test_a_save_after_an_apply_supersedes_the_change_and_settles_it(tmp_path: Path) -> None:
     pm, _, _ = manager(tmp_path)
     pm.save_layout("alice", layout("v1"), immediate=True)
     succeeded: list[object] = []
@@ -278,16 +278,14 @@ def test_a_save_after_an_apply_keeps_both_and_settles_the_change(tmp_path: Path)
         on_success=succeeded.append,
     )
 
-    saved = pm.save_layout("alice", layout("v1", "w2"), immediate=True)  # without the change
+    pm.save_layout("alice", layout("applied", "w2"), immediate=True)  # built from the view
 
-    stored = storage_of(pm).read(DocumentKey("alice"))
-    assert stored is not None and stored.version == saved.version  # written as it was
-    assert pm.load_layout("alice") == layout("applied", "w2")  # the change, on top of it
-    view = pm.apply("alice", lambda doc: doc.update_widget("w2", title="next"))
-    assert [w.title for w in view.widgets] == ["applied", "next"]
-    pm.flush()
     assert pm.pending("alice") == []
     assert len(succeeded) == 1
+    assert not pm.has_pending_writes  # the change's own write is superseded
+    view = pm.apply("alice", lambda doc: doc.update_widget("w2", title="next"))
+    assert [w.title for w in view.widgets] == ["applied", "next"]  # on top of the save
+    pm.flush()
     assert pm.load_layout("alice") == view
     pm.close()
 
@@ -295,14 +293,21 @@ def test_a_save_after_an_apply_keeps_both_and_settles_the_change(tmp_path: Path)
 def test_a_queued_save_while_changes_wait_carries_them(tmp_path: Path) -> None:
     pm, _, _ = manager(tmp_path)
     pm.save_layout("alice", layout("v1"), immediate=True)
-    pm.apply("alice", lambda doc: doc.update_widget("w1", title="applied"))
+    succeeded: list[object] = []
+    pm.apply(
+        "alice",
+        lambda doc: doc.update_widget("w1", title="applied"),
+        on_success=succeeded.append,
+    )
 
-    pm.save_layout("alice", layout("v1", "w2"))  # queued, replaces the change's write
+    pm.save_layout("alice", layout("applied", "w2"))  # queued, replaces the change's write
 
     assert pm.load_layout("alice") == layout("applied", "w2")
+    assert len(pm.pending("alice")) == 1  # settled when the save is written
     pm.flush()
     assert pm.load_layout("alice") == layout("applied", "w2")
     assert pm.pending("alice") == []
+    assert len(succeeded) == 1
     pm.close()
 
 
@@ -509,20 +514,39 @@ def test_close_from_inside_a_write_raises_and_leaves_the_manager_open(tmp_path: 
     assert pm.is_closed
 
 
-def test_the_callers_own_save_checks_for_waiting_changes_under_the_document_lock(
+def test_the_callers_own_save_settles_waiting_changes_under_the_document_lock(
     tmp_path: Path,
 ) -> None:
     pm, _, _ = manager(tmp_path)
     pm.save_layout("alice", layout("v1"), immediate=True)
+    pm.apply("alice", lambda doc: doc.update_widget("w1", title="applied"))
     done = threading.Event()
-    with pm._lock_for(DocumentKey("alice")):  # an apply of another thread is under way
+    with pm._lock_for(DocumentKey("alice")):  # another apply of the document is under way
+        saving = threading.Thread(
+            target=lambda: (pm.save_layout("alice", layout("applied", "w2")), done.set())
+        )
+        saving.start()
+        assert not done.wait(0.2)  # it waits: the queue holds the change's write
+    saving.join(10)
+
+    assert done.is_set()
+    pm.flush()
+    assert pm.pending("alice") == []
+    assert pm.load_layout("alice") == layout("applied", "w2")
+    pm.close()
+
+
+def test_the_callers_own_queued_save_needs_no_lock_when_no_change_waits(tmp_path: Path) -> None:
+    pm, _, _ = manager(tmp_path)
+    pm.save_layout("alice", layout("v1"), immediate=True)
+    done = threading.Event()
+    with pm._lock_for(DocumentKey("alice")):
         saving = threading.Thread(
             target=lambda: (pm.save_layout("alice", layout("queued")), done.set())
         )
         saving.start()
-        assert not done.wait(0.2)
+        assert done.wait(5)
     saving.join(10)
-    assert done.is_set()
     pm.close()
 
 
