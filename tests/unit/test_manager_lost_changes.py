@@ -56,6 +56,20 @@ def storage_of(pm: PersistenceManager) -> FaultyStorage:
     return storage
 
 
+def apply_and_listen(pm: PersistenceManager, change: str = "applied") -> list[str]:
+    """Retitle alice's widget w1 through `apply`; return the list its callbacks append
+    to: "success", the error's type name, "rollback"."""
+    heard: list[str] = []
+    pm.apply(
+        "alice",
+        lambda doc: doc.update_widget("w1", title=change),
+        on_success=lambda result: heard.append("success"),
+        on_error=lambda error: heard.append(type(error).__name__),
+        on_rollback=lambda: heard.append("rollback"),
+    )
+    return heard
+
+
 def disk_full() -> StorageFullError:
     return StorageFullError("disk full")
 
@@ -178,19 +192,22 @@ def test_a_delete_is_not_undone_by_an_autosave_write_already_under_way(tmp_path:
     pm.close()
 
 
-def test_flush_from_inside_an_autosave_write_raises_instead_of_hanging(tmp_path: Path) -> None:
+@pytest.mark.parametrize("call", ["flush", "close"])
+def test_flush_or_close_from_inside_an_autosave_write_raises_instead_of_hanging(
+    tmp_path: Path, call: str
+) -> None:
     pm, _, clock = manager(tmp_path)
     pm.save_layout("alice", layout("v1"), immediate=True)
     raised: list[BaseException] = []
 
-    def flush_when_saved(event: ChangeEvent) -> None:
+    def call_when_saved(event: ChangeEvent) -> None:
         if event.kind == "saved" and event.version == 2:
             try:
-                pm.flush()
+                getattr(pm, call)()
             except ConfigurationError as exc:
                 raised.append(exc)
 
-    pm.subscribe(flush_when_saved)
+    pm.subscribe(call_when_saved)
     pm.save_layout("alice", layout("queued"))
     clock.advance(3)
     writer = threading.Thread(target=pm.tick, daemon=True)
@@ -200,7 +217,9 @@ def test_flush_from_inside_an_autosave_write_raises_instead_of_hanging(tmp_path:
     assert not writer.is_alive()
     assert len(raised) == 1
     assert pm.load_layout("alice") == layout("queued")
+    assert pm.save_layout("alice", layout("next")).source == "queued"  # still open
     pm.close()
+    assert pm.is_closed
 
 
 def test_a_delete_rolls_back_the_documents_optimistic_changes_with_their_callbacks(
@@ -208,14 +227,7 @@ def test_a_delete_rolls_back_the_documents_optimistic_changes_with_their_callbac
 ) -> None:
     pm, _, _ = manager(tmp_path)
     pm.save_layout("alice", layout("v1"), immediate=True)
-    heard: list[str] = []
-    pm.apply(
-        "alice",
-        lambda doc: doc.update_widget("w1", title="applied"),
-        on_success=lambda result: heard.append("success"),
-        on_error=lambda error: heard.append(type(error).__name__),
-        on_rollback=lambda: heard.append("rollback"),
-    )
+    heard = apply_and_listen(pm)
 
     pm.delete_layout("alice")
     pm.flush()
@@ -233,13 +245,7 @@ def test_a_rollback_supersedes_the_callers_queued_saves_and_optimistic_changes(
     pm.save_layout("alice", layout("v1"), immediate=True)
     pm.save_layout("alice", layout("v2"), immediate=True)
     pm.save_layout("alice", layout("queued"))
-    heard: list[str] = []
-    pm.apply(
-        "alice",
-        lambda doc: doc.update_widget("w1", title="applied"),
-        on_error=lambda error: heard.append(type(error).__name__),
-        on_rollback=lambda: heard.append("rollback"),
-    )
+    heard = apply_and_listen(pm)
 
     pm.rollback_to_version("alice", 1)
 
@@ -271,17 +277,12 @@ def test_another_clients_queued_save_still_merges_after_a_rollback(tmp_path: Pat
 def test_a_save_after_an_apply_supersedes_the_change_and_settles_it(tmp_path: Path) -> None:
     pm, _, _ = manager(tmp_path)
     pm.save_layout("alice", layout("v1"), immediate=True)
-    succeeded: list[object] = []
-    pm.apply(
-        "alice",
-        lambda doc: doc.update_widget("w1", title="applied"),
-        on_success=succeeded.append,
-    )
+    heard = apply_and_listen(pm)
 
     pm.save_layout("alice", layout("applied", "w2"), immediate=True)  # built from the view
 
     assert pm.pending("alice") == []
-    assert len(succeeded) == 1
+    assert heard == ["success"]
     assert not pm.has_pending_writes  # the change's own write is superseded
     view = pm.apply("alice", lambda doc: doc.update_widget("w2", title="next"))
     assert [w.title for w in view.widgets] == ["applied", "next"]  # on top of the save
@@ -293,12 +294,7 @@ def test_a_save_after_an_apply_supersedes_the_change_and_settles_it(tmp_path: Pa
 def test_a_queued_save_while_changes_wait_carries_them(tmp_path: Path) -> None:
     pm, _, _ = manager(tmp_path)
     pm.save_layout("alice", layout("v1"), immediate=True)
-    succeeded: list[object] = []
-    pm.apply(
-        "alice",
-        lambda doc: doc.update_widget("w1", title="applied"),
-        on_success=succeeded.append,
-    )
+    heard = apply_and_listen(pm)
 
     pm.save_layout("alice", layout("applied", "w2"))  # queued, replaces the change's write
 
@@ -307,7 +303,7 @@ def test_a_queued_save_while_changes_wait_carries_them(tmp_path: Path) -> None:
     pm.flush()
     assert pm.load_layout("alice") == layout("applied", "w2")
     assert pm.pending("alice") == []
-    assert len(succeeded) == 1
+    assert heard == ["success"]
     pm.close()
 
 
@@ -433,13 +429,7 @@ def test_a_clients_second_save_keeps_what_its_merged_first_save_merged_in(
 def test_a_queued_save_carrying_changes_waits_again_when_its_write_fails(tmp_path: Path) -> None:
     pm, storage, _ = manager(tmp_path)
     pm.save_layout("alice", layout("v1"), immediate=True)
-    heard: list[str] = []
-    pm.apply(
-        "alice",
-        lambda doc: doc.update_widget("w1", title="applied"),
-        on_error=lambda error: heard.append(type(error).__name__),
-        on_rollback=lambda: heard.append("rollback"),
-    )
+    heard = apply_and_listen(pm)
     pm.save_layout("alice", layout("v1", "w2"))
     storage.fail_next("write", error=disk_full)
 
@@ -455,13 +445,7 @@ def test_a_queued_save_carrying_changes_waits_again_when_its_write_fails(tmp_pat
 def test_a_failed_immediate_save_leaves_waiting_changes_as_they_were(tmp_path: Path) -> None:
     pm, storage, _ = manager(tmp_path)
     pm.save_layout("alice", layout("v1"), immediate=True)
-    heard: list[str] = []
-    pm.apply(
-        "alice",
-        lambda doc: doc.update_widget("w1", title="applied"),
-        on_success=lambda result: heard.append("success"),
-        on_error=lambda error: heard.append("error"),
-    )
+    heard = apply_and_listen(pm)
     storage.fail_next("write", error=disk_full)
 
     with pytest.raises(StorageFullError):
@@ -487,31 +471,6 @@ def test_close_writes_what_a_failed_change_put_back(tmp_path: Path) -> None:
     stored = storage.read(DocumentKey("alice"))
     assert stored is not None
     assert Layout.model_validate(stored.document) == layout("queued", "w2")
-
-
-def test_close_from_inside_a_write_raises_and_leaves_the_manager_open(tmp_path: Path) -> None:
-    pm, _, clock = manager(tmp_path)
-    pm.save_layout("alice", layout("v1"), immediate=True)
-    raised: list[BaseException] = []
-
-    def close_when_saved(event: ChangeEvent) -> None:
-        if event.kind == "saved" and event.version == 2:
-            try:
-                pm.close()
-            except ConfigurationError as exc:
-                raised.append(exc)
-
-    pm.subscribe(close_when_saved)
-    pm.save_layout("alice", layout("queued"))
-    clock.advance(3)
-    writer = threading.Thread(target=pm.tick)
-    writer.start()
-    writer.join(5)
-
-    assert len(raised) == 1
-    assert pm.save_layout("alice", layout("next")).source == "queued"
-    pm.close()
-    assert pm.is_closed
 
 
 def test_the_callers_own_save_settles_waiting_changes_under_the_document_lock(
