@@ -401,10 +401,11 @@ class PersistenceManager(Generic[DocT]):
             client_id=client_id,
             queued=queued,
         )
-        if client_id is None:
+        if client_id is None and (queued or self._journal.has_pending(key)):
             # The caller's own save: it must not replace the write of `apply` changes
             # without settling them (see `_save_over_changes`), so only a slot not holding
-            # one is filled without the document lock.
+            # one is filled without the document lock. (An immediate save with no change
+            # waiting goes straight on: one applied meanwhile is written after it.)
             if queued and self._autosave.put(slot, pending, unless=_carries_changes):
                 self._emit("queued", key, None)
                 return SaveResult(success=True, version=None, source="queued")
