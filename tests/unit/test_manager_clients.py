@@ -180,7 +180,9 @@ def test_a_history_trim_that_fails_after_the_commit_does_not_fail_the_save() -> 
 
     storage = FaultyStorage(MemoryStorage())
     config = PersistenceConfig(max_versions=2, keyframe_interval=1, auto_save=False)
-    pm = PersistenceManager(storage, config=config)
+    # Trims run on the saving thread: each save's own trim meets the fault (in the
+    # background, a newer save's trim could replace the third's before it ran).
+    pm = PersistenceManager(storage, config=config, start_threads=False)
     pm.save_layout("alice", board())
     pm.save_layout("alice", board().with_changes(theme="dark"))
     # Another process trimmed this history a moment ago: our trim finds versions gone.
