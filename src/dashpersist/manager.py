@@ -109,12 +109,13 @@ class _DocumentLock:
         state = self._state
         state.depth -= 1
         self._lock.release()
-        if state.depth == 0:
-            deferred: list[tuple[Callable[..., None] | None, tuple[object, ...]]] | None = getattr(
-                state, "deferred", None
-            )
-            while deferred:
-                callback, args = deferred.pop(0)
+        deferred: list[tuple[Callable[..., None] | None, tuple[object, ...]]] | None = getattr(
+            state, "deferred", None
+        )
+        if state.depth == 0 and deferred:
+            # Callbacks that lock a document again queue theirs afresh and run them there.
+            state.deferred = []
+            for callback, args in deferred:
                 call_logged(callback, *args)
 
 
@@ -541,9 +542,10 @@ class PersistenceManager(Generic[DocT]):
             # saves already taken by the autosave writer (marked older than the delete,
             # so `_note_written` skips them), outbox entries, and optimistic changes.
             deletion = next(self._sequence)
-            for slot in self._slots_of(key):
-                self._autosave.discard(slot, only_if=lambda queued: queued.sequence < deletion)
-            self._note_deleted(key, deletion)
+            busy = self._slots_of(key)
+            for slot in busy:
+                self._discard_older(slot, deletion)
+            self._note_deleted(key, deletion, busy)
             self._discard_parked(key)
             self._journal.abandon(key, NotFoundError(f"{key} was deleted"))
             self._forget_view_if_settled(key)
@@ -1219,12 +1221,12 @@ class PersistenceManager(Generic[DocT]):
             if len(self._written) >= self._written_sweep_at:
                 self._sweep_written()
 
-    def _note_deleted(self, key: DocumentKey, deletion: int) -> None:
+    def _note_deleted(self, key: DocumentKey, deletion: int, busy: set[_Slot]) -> None:
         """Note that *key* was deleted as save number *deletion*: queued saves of its slots
-        numbered before are stale, and no version written before is a base any more."""
-        slots = self._slots_of(key)
+        (*busy* ones, and those that wrote) numbered before are stale, and no version
+        written before is a base any more."""
         with self._written_guard:
-            slots.update(slot for slot in self._written if slot[0] == key)
+            slots = busy | {slot for slot in self._written if slot[0] == key}
         for slot in slots:
             self._note_written(slot, deletion)
 
@@ -1234,8 +1236,7 @@ class PersistenceManager(Generic[DocT]):
         client_id per browser tab) would otherwise keep one entry per client for good.
         Call with `_written_guard` held; amortized, as the next sweep waits for twice the
         entries this one keeps."""
-        queues = (self._autosave, *self._retiring)
-        busy = set(self._writing).union(*(queue.busy_keys() for queue in queues))
+        busy = self._busy_slots()
         cutoff = self._timer() - WRITTEN_KEPT_SECONDS
         for slot in [s for s, (_, at, _) in self._written.items() if at < cutoff and s not in busy]:
             del self._written[slot]
@@ -1313,12 +1314,16 @@ class PersistenceManager(Generic[DocT]):
         """Drop *slot*'s queued save if it is older than save number *sequence*."""
         self._autosave.discard(slot, only_if=lambda queued: queued.sequence < sequence)
 
+    def _busy_slots(self) -> set[_Slot]:
+        """The slots with a save queued or being written, in any queue. Call with
+        `_written_guard` held (it guards `_writing`; the queues' locks come after it)."""
+        queues = (self._autosave, *self._retiring)
+        return set(self._writing).union(*(queue.busy_keys() for queue in queues))
+
     def _slots_of(self, key: DocumentKey) -> set[_Slot]:
         """The slots of *key* with a save queued or being written, in any queue."""
         with self._written_guard:
-            writing = set(self._writing)
-        busy = writing.union(*(q.busy_keys() for q in (self._autosave, *self._retiring)))
-        return {slot for slot in busy if slot[0] == key}
+            return {slot for slot in self._busy_slots() if slot[0] == key}
 
     def _discard_parked(self, key: DocumentKey) -> None:
         """Drop *key*'s outbox entries, blocked ones and those behind them included."""
